@@ -1,0 +1,56 @@
+"""Static caches indexed by position.
+
+Rollback is free: the generator simply does not advance its position past rejected tokens,
+and attention never reads a slot at or beyond the current end, so stale entries are overwritten
+by the next write.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class KVCache(nn.Module):
+    """One layer's keys and values, preallocated as [batch, kv_heads, max_seq_len, head_dim]."""
+
+    def __init__(self, batch: int, max_seq_len: int, n_kv_heads: int, head_dim: int, dtype: torch.dtype):
+        super().__init__()
+        shape = (batch, n_kv_heads, max_seq_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype), persistent=False)
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.k.shape[2]
+
+    def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write k, v [B, H, T, D] at positions start..start+T-1; return views of 0..start+T-1."""
+        end = start + k.shape[2]
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class ExitQueryCache(nn.Module):
+    """Layer-E hidden states of tokens whose layers E..L-1 have not run yet.
+
+    Drafting writes one row per processed token; verification reads them all at once, so the
+    early layers never run twice for a drafted token.
+    """
+
+    def __init__(self, batch: int, capacity: int, dim: int, dtype: torch.dtype):
+        super().__init__()
+        self.register_buffer("h", torch.zeros(batch, capacity, dim, dtype=dtype), persistent=False)
+
+    @property
+    def capacity(self) -> int:
+        return self.h.shape[1]
+
+    def write(self, slot: int, h: Tensor) -> None:
+        """Store h [B, T, D] at slots slot..slot+T-1."""
+        self.h[:, slot : slot + h.shape[1]] = h
+
+    def read(self, n: int) -> Tensor:
+        """The first n pending states, [B, n, D]."""
+        return self.h[:, :n]
