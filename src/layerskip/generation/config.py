@@ -1,0 +1,69 @@
+"""Generation settings: the one source of defaults for the API, the CLI and the server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from layerskip.errors import LayerSkipError
+
+STRATEGIES = ("autoregressive", "early_exit", "self_speculative")
+
+
+@dataclass
+class GenerationConfig:
+    strategy: str = "autoregressive"
+    max_new_tokens: int = 128
+    exit_layer: int | None = None  # E: layers 0..E-1 draft / exit; None = model's recommendation
+    num_speculations: int = 6  # k: drafts per verification
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    eos_token_ids: list[int] = field(default_factory=list)  # added to the model's own
+    stop_strings: list[str] = field(default_factory=list)
+    ignore_eos: bool = False
+    chat: bool = False
+    # Adaptive drafting: stop a draft when its top probability falls below this threshold.
+    draft_confidence_threshold: float | None = None
+    # Adaptive drafting: grow k after a fully accepted draft, shrink it after a rejection.
+    adaptive_k: bool = False
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise LayerSkipError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        if self.max_new_tokens < 1:
+            raise LayerSkipError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.num_speculations < 1:
+            raise LayerSkipError(f"num_speculations (k) must be >= 1, got {self.num_speculations}")
+        if self.temperature < 0:
+            raise LayerSkipError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise LayerSkipError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 1:
+            raise LayerSkipError(f"top_k must be >= 1, got {self.top_k}")
+        t = self.draft_confidence_threshold
+        if t is not None and not 0 <= t <= 1:
+            raise LayerSkipError(f"draft confidence threshold must be in [0, 1], got {t}")
+        if self.exit_layer is not None and self.exit_layer < 1:
+            raise LayerSkipError(f"exit layer must be >= 1, got {self.exit_layer}")
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample or self.temperature == 0
+
+    def resolve_exit_layer(self, n_layers: int, recommended: int | None) -> int | None:
+        """The exit layer for this model, checked against its depth; None for autoregressive."""
+        if self.strategy == "autoregressive":
+            return None
+        e = self.exit_layer if self.exit_layer is not None else recommended
+        if e is None:
+            e = max(1, n_layers // 4)
+        if self.strategy == "early_exit" and not 1 <= e <= n_layers:
+            raise LayerSkipError(f"exit layer must be in 1..{n_layers} for this model, got {e}")
+        if self.strategy == "self_speculative" and not 1 <= e <= n_layers - 1:
+            raise LayerSkipError(
+                f"exit layer must be in 1..{n_layers - 1} for self-speculation on this model "
+                f"({n_layers} layers), got {e}"
+            )
+        return e

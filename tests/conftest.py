@@ -1,0 +1,83 @@
+"""Shared fixtures: a tiny character-level tokenizer and tiny random Llama models on disk, and the
+embedded SmolLM2 loaded once per session."""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import pytest
+import torch
+
+from layerskip.model.config import ModelConfig, RopeScaling
+from layerskip.model.loading import LoadedModel, load_model
+from layerskip.model.saving import save_pretrained
+from layerskip.model.synthetic import random_model
+
+torch.set_num_threads(2)
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+
+def char_tokenizer():
+    """A tiny character-level fast tokenizer (vocab ~100) with BOS/EOS and a chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>", "<user>", "<assistant>"]
+    chars = list(string.printable)
+    vocab = {t: i for i, t in enumerate(specials + chars)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    from tokenizers import decoders
+
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+        additional_special_tokens=["<user>", "<assistant>"],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    base = dict(
+        vocab_size=105, dim=64, n_layers=4, n_heads=4, n_kv_heads=2, intermediate_size=128,
+        max_seq_len=512, rope_theta=10000.0, bos_token_id=1, eos_token_ids=[2],
+    )
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+def make_model_dir(path: Path, seed: int = 0, std: float = 0.02, **overrides) -> Path:
+    model = random_model(tiny_config(**overrides), seed=seed, std=std)
+    return save_pretrained(model, path, char_tokenizer())
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """Untied head, GQA, default rope."""
+    return make_model_dir(tmp_path_factory.mktemp("tiny"), std=0.2)
+
+
+@pytest.fixture(scope="session")
+def tiny_tied_llama3_dir(tmp_path_factory) -> Path:
+    """Tied head, GQA and llama3 rope scaling."""
+    scaling = RopeScaling(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                          original_max_position_embeddings=64)
+    return make_model_dir(tmp_path_factory.mktemp("tiny3"), seed=1, std=0.2, tie_word_embeddings=True,
+                          rope_scaling=scaling, rope_theta=500000.0)
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_dir) -> LoadedModel:
+    return load_model(str(tiny_dir))
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> LoadedModel:
+    """The embedded default model (float32), loaded once for the whole test session."""
+    return load_model()
