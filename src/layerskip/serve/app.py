@@ -1,0 +1,247 @@
+"""The FastAPI app: OpenAI-compatible completions and chat over one model, behind a bounded queue.
+
+    app = create_app(load_model(), ServerConfig(api_key="..."))   # or a loader: create_app(load_model)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from layerskip import __version__
+from layerskip.errors import LayerSkipError
+from layerskip.generation.generate import Prompt, encode_prompt
+from layerskip.generation.output import GenerationResult
+from layerskip.model.loading import LoadedModel
+from layerskip.serve.config import ServerConfig
+from layerskip.serve.engine import Engine, Job
+from layerskip.serve.errors import APIError, install_error_handlers, unavailable
+from layerskip.serve.limits import BodyLimit, max_new_tokens
+from layerskip.serve.metrics import Metrics, RequestMetrics
+from layerskip.serve.protocol import Reply, generation_config, sse_stream
+from layerskip.serve.schemas import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorResponse,
+    GenerationRequest,
+    Health,
+    ModelCard,
+    ModelList,
+)
+from layerskip.serve.worker import QueueFull, Worker
+
+log = logging.getLogger("layerskip.serve")
+
+Loader = Callable[[], LoadedModel]
+
+
+class Server:
+    """What the routes share: settings, the worker, metrics and, once loaded, the engine."""
+
+    def __init__(self, cfg: ServerConfig):
+        self.cfg = cfg
+        self.worker = Worker(cfg.max_queue)
+        self.metrics = Metrics(lambda: self.worker.depth)
+        self.engine: Engine | None = None
+        self.load_error: str | None = None
+        self.tokenizer: Any = None  # a copy for the event loop; the worker thread uses the model's own
+        self.model_name = ""
+        self.created = int(time.time())
+
+    def set_model(self, loaded: LoadedModel) -> None:
+        self.tokenizer = copy.deepcopy(loaded.tokenizer)
+        self.model_name = self.cfg.served_model_name or loaded.name
+        self.engine = Engine(loaded, self.worker, self.metrics)
+
+    def load(self, loader: Loader) -> None:
+        try:
+            self.set_model(loader())
+        except Exception as e:  # reported by /health; LayerSkipError messages are meant for users
+            log.exception("model failed to load")
+            self.load_error = str(e) if isinstance(e, LayerSkipError) else f"{type(e).__name__}: {e}"
+
+    def ready(self) -> Engine:
+        if self.engine is not None:
+            return self.engine
+        if self.load_error is not None:
+            raise APIError(503, f"the model failed to load: {self.load_error}", "server_error", code="load_failed")
+        raise unavailable("the model is still loading", self.cfg.retry_after_s, code="model_loading")
+
+    def start(self, req: GenerationRequest, prompt: Prompt, chat: bool) -> Job:
+        """Validate a request against the model and the limits, and queue its generation."""
+        engine = self.ready()
+        if req.model != self.model_name:
+            raise APIError(404, f"model {req.model!r} does not exist; this server serves {self.model_name!r}",
+                           param="model", code="model_not_found")
+        param = "messages" if chat else "prompt"
+        ids = self._encode(prompt, chat, param)
+        mcfg = engine.loaded.config
+        asked = req.requested_max_tokens if isinstance(req, ChatCompletionRequest) else req.max_tokens
+        n_new = max_new_tokens(len(ids), asked, self.cfg, mcfg.max_seq_len, param)
+        gen = generation_config(req, self.cfg.generation, n_new)
+        try:
+            gen.resolve_exit_layer(mcfg.n_layers, mcfg.recommended_exit_layer)
+        except LayerSkipError as e:
+            raise APIError(400, str(e), param="exit_layer") from e
+        job = Job(ids, gen, req.stream, self.cfg.timeout_s, asyncio.get_running_loop())
+        try:
+            engine.submit(job)
+        except QueueFull:
+            self.metrics.stopped.labels("overloaded").inc()
+            raise unavailable("the server is busy: the request queue is full", self.cfg.retry_after_s) from None
+        return job
+
+    def _encode(self, prompt: Prompt, chat: bool, param: str) -> list[int]:
+        try:
+            return encode_prompt(self.tokenizer, prompt, chat)
+        except LayerSkipError as e:
+            raise APIError(400, str(e), param=param) from e
+        except Exception as e:  # chat templates raise their own errors (e.g. on role order)
+            raise APIError(400, f"cannot apply the chat template: {e}", param=param) from e
+
+
+_ERRORS = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in [(400, "Invalid request"), (401, "Missing or wrong API key"), (404, "Unknown model"),
+                         (413, "Request body too large"), (503, "Queue full or model loading (see Retry-After)"),
+                         (504, "Request timed out")]
+}
+_STREAMED = {200: {"content": {"text/event-stream": {}}, "description": "JSON, or server-sent events if stream"}}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {s: _ERRORS[s] for s in statuses}
+
+
+_BEARER = HTTPBearer(auto_error=False)
+
+
+def _api_key_check(api_key: str) -> Callable[..., None]:
+    async def check(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]) -> None:
+        if creds is None or not secrets.compare_digest(creds.credentials.encode(), api_key.encode()):
+            raise APIError(401, "invalid or missing API key (send Authorization: Bearer <key>)",
+                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
+async def _cancel_on_disconnect(request: Request, job: Job) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    job.cancelled.set()
+
+
+async def _result(request: Request, job: Job) -> GenerationResult:
+    """The finished generation; a client that leaves meanwhile cancels it."""
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, job))
+    try:
+        return await job.result()
+    finally:
+        watcher.cancel()
+
+
+async def _answer(request: Request, job: Job, reply: Reply, req: GenerationRequest) -> Any:
+    if req.stream:
+        return StreamingResponse(sse_stream(job, reply, req.include_usage), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return reply.response(await _result(request, job))
+
+
+def _routes(server: Server) -> APIRouter:
+    auth = [Depends(_api_key_check(server.cfg.api_key))] if server.cfg.api_key else []
+    api = APIRouter(dependencies=auth, responses=_errors(401) if auth else None)
+
+    @api.get("/v1/models", response_model=ModelList, responses=_errors(503))
+    async def models() -> ModelList:
+        engine = server.ready()
+        card = ModelCard(id=server.model_name, created=server.created, max_model_len=engine.loaded.config.max_seq_len)
+        return ModelList(data=[card])
+
+    @api.post("/v1/completions", response_model=CompletionResponse,
+              responses=_STREAMED | _errors(400, 404, 413, 503, 504))
+    async def completions(req: CompletionRequest, request: Request) -> Any:
+        job = server.start(req, req.prompt_text, chat=False)
+        return await _answer(request, job, Reply(server.model_name, chat=False), req)
+
+    @api.post("/v1/chat/completions", response_model=ChatCompletionResponse,
+              responses=_STREAMED | _errors(400, 404, 413, 503, 504))
+    async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
+        messages = [m.as_template_input() for m in req.messages]
+        job = server.start(req, messages, chat=True)
+        return await _answer(request, job, Reply(server.model_name, chat=True), req)
+
+    @api.get("/metrics", response_class=PlainTextResponse,
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(server.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return api
+
+
+def _health_route(app: FastAPI, server: Server) -> None:
+    @app.get("/health", response_model=Health, responses={503: {"model": Health, "description": "Not ready"}})
+    async def health() -> Any:
+        if server.engine is not None:
+            return Health(status="ok")
+        status = "failed" if server.load_error is not None else "loading"
+        return JSONResponse(Health(status=status, detail=server.load_error).model_dump(), 503)
+
+
+def _openapi_without_422(app: FastAPI) -> None:
+    """Validation errors are answered 400 in OpenAI's shape, so the spec must not promise 422s."""
+
+    original = app.openapi
+
+    def build() -> dict[str, Any]:
+        schema = original()
+        for ops in schema["paths"].values():
+            for op in ops.values():
+                op["responses"].pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return schema
+
+    app.openapi = build  # type: ignore[method-assign]
+
+
+def create_app(model: LoadedModel | Loader, cfg: ServerConfig | None = None) -> FastAPI:
+    """An app serving `model`; given a loader instead, it loads on the worker at startup and
+    /health answers 503 until then."""
+    cfg = cfg or ServerConfig()
+    server = Server(cfg)
+    if isinstance(model, LoadedModel):
+        server.set_model(model)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        server.worker.start()
+        if not isinstance(model, LoadedModel):
+            server.worker.submit(lambda: server.load(model))
+        yield
+        server.worker.stop()
+
+    app = FastAPI(title="layerskip", version=__version__, lifespan=lifespan,
+                  description="OpenAI-compatible server with early-exit self-speculative decoding")
+    app.state.server = server
+    install_error_handlers(app)
+    _health_route(app, server)
+    router = _routes(server)
+    app.include_router(router)
+    _openapi_without_422(app)
+    endpoints = {getattr(r, "path", "") for r in app.routes} | {r.path for r in router.routes}
+    app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=server.metrics, endpoints=endpoints)
+    return app
