@@ -1,0 +1,2 @@
+"""Measurement tools: datasets, metrics, the interleaved benchmark runner, sweeps, per-layer
+analysis, the cost model and auto-tuning."""

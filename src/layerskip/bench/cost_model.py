@@ -1,0 +1,193 @@
+"""A cost model of decoding: what one decoder layer and the LM head cost for 1..n tokens, what
+memory bandwidth the machine has, and what that predicts for autoregressive and
+self-speculative decoding.
+
+A self-speculative round with exit layer E, k drafts and per-draft acceptance rate alpha:
+  draft:  k+1 single-token passes through layers 0..E-1 (the pending token and k drafts),
+          k early-exit heads;
+  verify: layers E..L-1 and the head once over k+1 tokens;
+  yield:  (1 - alpha^(k+1)) / (1 - alpha) tokens on average (accepted prefix plus one).
+The speedup is tokens per round times the autoregressive time per token, over the round time.
+
+    costs = measure_costs(model, max_tokens=k + 1)
+    costs.speedup(exit_layer=8, k=4, alpha=0.6)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from layerskip.errors import LayerSkipError
+from layerskip.model.llama import Transformer
+
+
+def expected_tokens_per_round(alpha: float, k: int) -> float:
+    """Mean tokens committed by one verification: sum_{i=0..k} alpha^i (i.i.d. acceptance)."""
+    if not 0 <= alpha <= 1:
+        raise LayerSkipError(f"acceptance rate must be in [0, 1], got {alpha}")
+    if alpha == 1:
+        return float(k + 1)
+    return (1 - alpha ** (k + 1)) / (1 - alpha)
+
+
+def acceptance_from_mean_length(mean_accepted_length: float, k: int) -> float:
+    """Invert expected_tokens_per_round by bisection: the alpha that yields this mean length."""
+    target = min(max(mean_accepted_length, 1.0), k + 1.0)
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if expected_tokens_per_round(mid, k) < target else (lo, mid)
+    return (lo + hi) / 2
+
+
+@dataclass
+class LayerCosts:
+    """Measured seconds; index t-1 of a list holds the cost for t tokens."""
+
+    n_layers: int
+    layer_s: list[float]  # one decoder layer over t new tokens, KV cache at `context` positions
+    head_s: list[float]  # final norm + LM head over t tokens
+    call_s: float  # fixed cost of one forward call (embedding, rotary tables, mask)
+    context: int
+    weight_bytes: int  # bytes read per autoregressive token: all layers + the LM head
+    read_bandwidth_bytes_per_s: float | None = None
+
+    @property
+    def max_tokens(self) -> int:
+        return len(self.layer_s)
+
+    def _check(self, t: int) -> None:
+        if not 1 <= t <= self.max_tokens:
+            raise LayerSkipError(f"costs measured for 1..{self.max_tokens} tokens, asked for {t}")
+
+    def forward_s(self, n_layers: int, tokens: int, with_head: bool = True) -> float:
+        """One forward call through n_layers layers over `tokens` tokens."""
+        self._check(tokens)
+        head = self.head_s[tokens - 1] if with_head else 0.0
+        return self.call_s + n_layers * self.layer_s[tokens - 1] + head
+
+    def autoregressive_token_s(self) -> float:
+        return self.forward_s(self.n_layers, 1)
+
+    def early_exit_token_s(self, exit_layer: int) -> float:
+        return self.forward_s(exit_layer, 1)
+
+    def round_s(self, exit_layer: int, k: int) -> float:
+        """Time of one self-speculative round: k+1 draft passes, k draft heads, one verification."""
+        self._check_exit(exit_layer)
+        draft = (k + 1) * self.forward_s(exit_layer, 1, with_head=False) + k * self.head_s[0]
+        verify = self.forward_s(self.n_layers - exit_layer, k + 1)
+        return draft + verify
+
+    def speedup(self, exit_layer: int, k: int, alpha: float) -> float:
+        """Predicted self-speculative tokens/s over autoregressive tokens/s."""
+        tokens = expected_tokens_per_round(alpha, k)
+        return tokens * self.autoregressive_token_s() / self.round_s(exit_layer, k)
+
+    def break_even_alpha(self, exit_layer: int, k: int) -> float | None:
+        """The acceptance rate at which self-speculation starts to pay; None if it never does."""
+        if self.speedup(exit_layer, k, 1.0) <= 1.0:
+            return None
+        lo, hi = 0.0, 1.0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if self.speedup(exit_layer, k, mid) < 1.0 else (lo, mid)
+        return hi
+
+    def autoregressive_bound_tokens_per_s(self) -> float | None:
+        """Memory-bound ceiling: every weight is read once per token at the measured bandwidth."""
+        if not self.read_bandwidth_bytes_per_s:
+            return None
+        return self.read_bandwidth_bytes_per_s / self.weight_bytes
+
+    def _check_exit(self, exit_layer: int) -> None:
+        if not 1 <= exit_layer < self.n_layers:
+            raise LayerSkipError(f"exit layer must be in 1..{self.n_layers - 1}, got {exit_layer}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["autoregressive_token_s"] = self.autoregressive_token_s()
+        d["autoregressive_bound_tokens_per_s"] = self.autoregressive_bound_tokens_per_s()
+        return d
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(fns: list[Callable[[], Any]], device: torch.device, repeats: int, inner: int = 1) -> list[float]:
+    """Seconds per call of each fn, interleaved round-robin so that load from other processes
+    hits all of them alike; the minimum over repeats, since contention only ever adds time."""
+    for fn in fns:
+        fn()
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            _sync(device)
+            best[i] = min(best[i], (time.perf_counter() - t0) / inner)
+    return best
+
+
+def weight_bytes(model: Transformer) -> int:
+    """Bytes of the weights one autoregressive token reads (the embedding is a row lookup)."""
+    layers = sum(p.numel() * p.element_size() for p in model.layers.parameters())
+    head = sum(p.numel() * p.element_size() for p in (model.output.weight, model.norm.weight))
+    return layers + head
+
+
+@torch.inference_mode()
+def measure_read_bandwidth(device: torch.device | str = "cpu", nbytes: int = 256 << 20, repeats: int = 5) -> float:
+    """Bytes per second the device reads when summing a buffer larger than its caches."""
+    device = torch.device(device)
+    buf = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    (seconds,) = time_calls([buf.sum], device, repeats)
+    return nbytes / seconds
+
+
+@torch.inference_mode()
+def measure_costs(
+    model: Transformer,
+    max_tokens: int,
+    context: int = 128,
+    repeats: int = 7,
+    bandwidth: bool = True,
+) -> LayerCosts:
+    """Time layer 0 and the head for 1..max_tokens new tokens after `context` cached positions.
+
+    Layers of a Llama model are identical in shape, so one layer's cost stands for all. The KV
+    cache is (re)allocated as large as needed and left in place; its content is scratch.
+    """
+    if max_tokens < 1:
+        raise LayerSkipError(f"max_tokens must be >= 1, got {max_tokens}")
+    device, dtype = model.output.weight.device, model.output.weight.dtype
+    context = min(context, model.config.max_seq_len - max_tokens)
+    model.setup_caches(context + max_tokens)
+    layer, dim = model.layers[0], model.config.dim
+    fns: list[Callable[[], Any]] = []
+    for t in range(1, max_tokens + 1):
+        h = torch.randn(1, t, dim, device=device, dtype=dtype) * 0.1
+        ctx = model.attention_context(context, t, device)
+        fns += [lambda h=h, ctx=ctx: layer(h, ctx), lambda h=h: model.exit_logits(h)]
+    token = torch.zeros(1, 1, dtype=torch.long, device=device)
+    fns.append(lambda: model.run_layers(model.embed(token), context, 0, 0))
+    seconds = time_calls(fns, device, repeats, inner=3)
+    layer_s, head_s, call_s = seconds[0:-1:2], seconds[1:-1:2], seconds[-1]
+    return LayerCosts(
+        n_layers=model.n_layers,
+        layer_s=layer_s,
+        head_s=head_s,
+        call_s=call_s,
+        context=context,
+        weight_bytes=weight_bytes(model),
+        read_bandwidth_bytes_per_s=measure_read_bandwidth(device) if bandwidth else None,
+    )
