@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
+from layerskip.bench.tuned import tuned_values
 from layerskip.generation.config import STRATEGIES, GenerationConfig
 from layerskip.model.loading import DEFAULT_MODEL, DTYPES
 
@@ -24,9 +25,9 @@ def add_generation_arguments(p: argparse.ArgumentParser, default_strategy: str =
     g = p.add_argument_group("generation")
     g.add_argument("--strategy", choices=STRATEGIES, default=default_strategy)
     g.add_argument("--exit-layer", type=int, default=None,
-                   help="E: layers 0..E-1 draft or exit (default: the model's recommendation, else L/4)")
-    g.add_argument("--num-speculations", type=int, default=_DEFAULTS["num_speculations"],
-                   help="k: draft tokens per verification")
+                   help="E: layers 0..E-1 draft or exit (default: tuned, else the model's recommendation, else L/4)")
+    g.add_argument("--num-speculations", type=int, default=None,
+                   help=f"k: draft tokens per verification (default: tuned, else {_DEFAULTS['num_speculations']})")
     g.add_argument("--max-new-tokens", type=int, default=_DEFAULTS["max_new_tokens"])
     g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     g.add_argument("--temperature", type=float, default=_DEFAULTS["temperature"])
@@ -58,5 +59,6 @@ def generation_config(args: argparse.Namespace, **overrides: object) -> Generati
         adaptive_k=args.adaptive_k,
         chat=getattr(args, "chat", False),
     )
+    values.update(tuned_values(args))  # unset --exit-layer / --num-speculations: `layerskip tune`'s choice
     values.update(overrides)
     return GenerationConfig(**values)
