@@ -140,6 +140,7 @@ class RunSection:
     threads: int = 0  # torch intra-op threads; 0 leaves the default
     log_every: int = 10
     eval_every: int = 0  # 0: only at the end
+    eval_at_start: bool = True  # the untrained model's numbers, for before/after
     eval_layers: list[int] | None = None  # exits to evaluate; None: all
     save_every: int = 0  # 0: only at the end
     keep_checkpoints: int = 2
@@ -212,6 +213,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return value
         if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if t is float and isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if t is int and isinstance(value, int) and not isinstance(value, bool):
             return value
         if t in (str, bool) and isinstance(value, t):

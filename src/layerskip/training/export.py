@@ -10,10 +10,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
-from layerskip.model import weights
 from layerskip.model.config import ModelConfig
+from layerskip.model.llama import Transformer
+from layerskip.model.saving import save_pretrained
 from layerskip.training import lora
 from layerskip.training.config import TrainConfig
 
@@ -43,19 +45,19 @@ def recommend_exit(agreement: dict[int, float], n_layers: int) -> int | None:
 
 
 def save_model(
-    state: dict[str, Tensor], model_cfg: ModelConfig, path: Path, tokenizer: Any, train_cfg: TrainConfig
+    state: dict[str, Tensor], model_cfg: ModelConfig, path: Path, tokenizer: Any, training: dict[str, Any]
 ) -> None:
-    """HF-compatible model.safetensors + config.json (+ tokenizer) from our full state dict."""
-    from safetensors.torch import save_file
-
-    path.mkdir(parents=True, exist_ok=True)
-    ours = {k.removeprefix("model."): v for k, v in state.items()}
-    save_file({k: v.contiguous() for k, v in weights.to_hf(ours, model_cfg).items()}, path / "model.safetensors")
-    config = model_cfg.to_hf()
-    config.setdefault("layerskip", {})["training"] = train_cfg.to_dict()
+    """A HF model directory (model.safetensors, config.json, tokenizer) from our full state dict,
+    with the training settings recorded under `layerskip.training` in config.json."""
+    with torch.device("meta"):
+        model = Transformer(model_cfg)
+    model.load_state_dict(state, strict=False, assign=True)
+    if model_cfg.tie_word_embeddings:
+        model.output.weight = model.tok_embeddings.weight
+    save_pretrained(model, path, tokenizer if hasattr(tokenizer, "save_pretrained") else None)
+    config = json.loads((path / "config.json").read_text())
+    config.setdefault("layerskip", {})["training"] = training
     (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    if hasattr(tokenizer, "save_pretrained"):
-        tokenizer.save_pretrained(path)
 
 
 def save_adapter(
@@ -63,3 +65,4 @@ def save_adapter(
 ) -> None:
     meta = {"recommended_exit_layer": model_cfg.recommended_exit_layer, "training": train_cfg.to_dict()}
     lora.save_adapter(state, model_cfg, train_cfg.lora, path, base, meta)
+

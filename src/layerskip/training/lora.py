@@ -25,6 +25,7 @@ from layerskip.training.config import LoraSection
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 LAYERSKIP_META = "layerskip.json"  # our extra settings: recommended exit layer, training config
+SAVE_DTYPE = torch.float16  # halves the adapter (a repository-sized default); LoRA weights are small
 
 # Our fused module -> its HF parts, in row order.
 _HF_PARTS = {
@@ -86,8 +87,8 @@ def adapter_state_dict(state: dict[str, Tensor], cfg: ModelConfig) -> dict[str, 
             sizes = _row_sizes(ours, cfg)
             for hf, b_part in zip(parts, b.split(sizes) if len(parts) > 1 else [b]):
                 prefix = f"base_model.model.model.layers.{i}.{hf}"
-                out[f"{prefix}.lora_A.weight"] = a.float().contiguous()
-                out[f"{prefix}.lora_B.weight"] = b_part.float().contiguous()
+                out[f"{prefix}.lora_A.weight"] = a.to(SAVE_DTYPE, copy=True).contiguous()
+                out[f"{prefix}.lora_B.weight"] = b_part.to(SAVE_DTYPE, copy=True).contiguous()
     return out
 
 

@@ -1,0 +1,42 @@
+"""`layerskip train --config FILE.yaml [key=value ...]`: the trainer behind a YAML config.
+
+Run it under `torchrun --nproc_per_node N -m layerskip.cli train ...` to shard with FSDP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from importlib import resources
+from pathlib import Path
+
+
+def shipped_configs() -> list[str]:
+    return sorted(p.name for p in resources.files("layerskip.configs").iterdir() if p.name.startswith("train_"))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", required=True,
+        help=f"YAML training config: a path, or a shipped one ({', '.join(shipped_configs())})",
+    )
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. optim.max_steps=50 lora.rank=8")
+
+
+def config_path(name: str) -> str:
+    """A path as given, or the shipped config of that name."""
+    if Path(name).exists() or name not in shipped_configs():
+        return name
+    return str(resources.files("layerskip.configs") / name)
+
+
+def run(args: argparse.Namespace) -> int:
+    from layerskip.training.config import load_config
+    from layerskip.training.trainer import train
+
+    result = train(load_config(config_path(args.config), args.overrides))
+    summary = {str(e): round(v["agreement"], 4) for e, v in result.last_eval.items()}
+    print(f"trained {result.steps} steps -> {result.output}")
+    if summary:
+        print(f"held-out top-1 agreement with the last layer: {json.dumps(summary)}")
+    return 0
