@@ -81,3 +81,12 @@ def tiny(tiny_dir) -> LoadedModel:
 def smollm2() -> LoadedModel:
     """The embedded default model (float32), loaded once for the whole test session."""
     return load_model()
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf(smollm2):
+    """HF transformers' LlamaForCausalLM loaded from the same GGUF file: the parity reference."""
+    from transformers import AutoModelForCausalLM
+
+    path = smollm2.path
+    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()

@@ -1,0 +1,147 @@
+"""Self-speculative decoding: greedy equality, perfect drafts, shared caches, parameter checks."""
+
+import pytest
+import torch
+
+from layerskip import GenerationConfig, LayerSkipError, generate, generate_ids
+from layerskip.generation.output import ACCEPTED, REJECTED
+from layerskip.model.loading import LoadedModel
+from layerskip.model.synthetic import silence_layers
+
+
+def _greedy(lm, prompt_ids, strategy="autoregressive", **kw):
+    cfg = GenerationConfig(strategy=strategy, **({"max_new_tokens": 48, "ignore_eos": True} | kw))
+    return generate_ids(lm, prompt_ids, cfg)
+
+
+@pytest.mark.parametrize("exit_layer,k", [(1, 1), (1, 8), (2, 3), (3, 1), (3, 8)])
+def test_tiny_greedy_equals_autoregressive(tiny, exit_layer, k):
+    for seed in range(3):
+        prompt = torch.randint(3, 100, (5 + seed,), generator=torch.Generator().manual_seed(seed)).tolist()
+        ar = _greedy(tiny, prompt)
+        ss = _greedy(tiny, prompt, "self_speculative", exit_layer=exit_layer, num_speculations=k)
+        assert ss.token_ids == ar.token_ids
+        assert ss.stats.num_verifications > 0
+
+
+@pytest.mark.parametrize("adaptive", [{"adaptive_k": True}, {"draft_confidence_threshold": 0.3}])
+def test_tiny_adaptive_drafting_stays_lossless(tiny, adaptive):
+    prompt = list(range(5, 15))
+    ar = _greedy(tiny, prompt)
+    ss = _greedy(tiny, prompt, "self_speculative", exit_layer=2, num_speculations=6, **adaptive)
+    assert ss.token_ids == ar.token_ids
+
+
+@pytest.fixture
+def perfect_draft(tiny_dir) -> LoadedModel:
+    from layerskip import load_model
+
+    lm = load_model(str(tiny_dir))
+    silence_layers(lm.model, 2)
+    return lm
+
+
+@pytest.mark.parametrize("exit_layer,k", [(2, 1), (2, 4), (3, 7)])
+def test_perfect_draft_accepts_everything(perfect_draft, exit_layer, k):
+    rounds = 5
+    res = _greedy(perfect_draft, [5, 6, 7], "self_speculative", exit_layer=exit_layer, num_speculations=k,
+                  max_new_tokens=1 + rounds * (k + 1))
+    assert res.stats.acceptance_rate == 1.0
+    assert res.stats.mean_accepted_length == k + 1
+    assert res.stats.num_verifications == rounds
+
+
+def test_early_layers_run_once_per_token_and_late_layers_once_per_verification(tiny):
+    """The exit-query cache means drafted tokens never go through layers 0..E-1 twice."""
+    exit_layer, calls = 2, [0] * tiny.config.n_layers
+    hooks = [layer.register_forward_hook(lambda m, a, o, i=i: calls.__setitem__(i, calls[i] + 1))
+             for i, layer in enumerate(tiny.model.layers)]
+    try:
+        res = _greedy(tiny, [5, 6, 7], "self_speculative", exit_layer=exit_layer, num_speculations=4)
+    finally:
+        for h in hooks:
+            h.remove()
+    s = res.stats
+    assert calls[:exit_layer] == [1 + s.num_drafted + s.num_verifications] * exit_layer  # prefill + drafts
+    assert calls[exit_layer:] == [1 + s.num_verifications] * (tiny.config.n_layers - exit_layer)
+
+
+def test_streamed_tokens_reassemble_the_output(tiny):
+    seen, rejected = [], []
+    cfg = GenerationConfig(strategy="self_speculative", exit_layer=1, num_speculations=4, max_new_tokens=40,
+                           ignore_eos=True)
+
+    def on_tokens(ids, kind):
+        (rejected if kind == REJECTED else seen).extend(ids)
+
+    res = generate_ids(tiny, [5, 6, 7], cfg, on_tokens)
+    assert seen == res.token_ids
+    assert len(rejected) == res.stats.num_drafted - res.stats.num_accepted
+
+
+@pytest.mark.parametrize("kw", [
+    {"num_speculations": 0},
+    {"exit_layer": 0},
+    {"exit_layer": 4},  # == L: nothing left to verify with
+    {"draft_confidence_threshold": 1.5},
+    {"draft_confidence_threshold": -0.1},
+])
+def test_bad_parameters_raise_clear_errors(tiny, kw):
+    with pytest.raises(LayerSkipError):
+        generate(tiny, "hello", GenerationConfig(strategy="self_speculative", **({"exit_layer": 2} | kw)))
+
+
+# --- the real model ---------------------------------------------------------------------------
+
+PLAIN = [
+    "def quicksort(arr):",
+    "import os\n\ndef list_python_files(path):",
+    "The history of the Roman Empire",
+    "Q: What is 17 + 25?\nA:",
+    "Photosynthesis is the process by which",
+]
+CHAT = [
+    "Write a haiku about autumn.",
+    "What is the capital of Japan?",
+    "Explain recursion in one sentence.",
+    "List three prime numbers.",
+    "Translate 'good morning' into French.",
+]
+# (exit layer, k, adaptive options): E = 1 and E = L-1, k = 1 and k >= 8 among them.
+SETTINGS = [(1, 8, {}), (29, 1, {}), (8, 6, {}), (15, 3, {"adaptive_k": True}),
+            (4, 10, {"draft_confidence_threshold": 0.4})]
+
+
+@pytest.mark.parametrize("i", range(10))
+def test_smollm2_greedy_equals_autoregressive(smollm2, i):
+    chat = i >= len(PLAIN)
+    prompt = (CHAT if chat else PLAIN)[i % len(PLAIN)]
+    exit_layer, k, extra = SETTINGS[i % len(SETTINGS)]
+    base = {"max_new_tokens": 128, "chat": chat}
+    ar = generate(smollm2, prompt, GenerationConfig(**base))
+    ss = generate(smollm2, prompt, GenerationConfig(strategy="self_speculative", exit_layer=exit_layer,
+                                                    num_speculations=k, **base, **extra))
+    assert ss.token_ids == ar.token_ids
+    assert ss.text == ar.text
+
+
+def test_smollm2_eos_inside_a_draft(smollm2):
+    """With E = L-1 most drafts are accepted, so the chat answer's EOS arrives inside a draft."""
+    kinds = []
+    cfg = GenerationConfig(strategy="self_speculative", exit_layer=29, num_speculations=8, chat=True,
+                           max_new_tokens=64)
+    res = generate(smollm2, CHAT[1], cfg, lambda ids, kind: kinds.append((ids, kind)))
+    ar = generate(smollm2, CHAT[1], GenerationConfig(chat=True, max_new_tokens=64))
+    assert res.finish_reason == "stop" and res.token_ids == ar.token_ids
+    eos = res.token_ids[-1]
+    assert any(kind == ACCEPTED and eos in ids for ids, kind in kinds)
+
+
+def test_smollm2_stop_string_inside_a_draft(smollm2):
+    prompt = PLAIN[0]
+    stop = ["return"]
+    ar = generate(smollm2, prompt, GenerationConfig(max_new_tokens=64, stop_strings=stop))
+    ss = generate(smollm2, prompt, GenerationConfig(strategy="self_speculative", exit_layer=29,
+                                                    num_speculations=8, max_new_tokens=64, stop_strings=stop))
+    assert ar.finish_reason == ss.finish_reason == "stop"
+    assert ss.token_ids == ar.token_ids and "return" not in ss.text
