@@ -20,6 +20,7 @@ def processed_probs(logits: Tensor, cfg: GenerationConfig) -> Tensor:
         cum = sorted_logits.softmax(-1).cumsum(-1)
         # Drop a token when the tokens before it already cover top_p; the first always stays.
         drop_sorted = (cum - sorted_logits.softmax(-1)) >= cfg.top_p
+        drop_sorted[..., 0] = False  # a top_p below float32's smallest value (e.g. 1e-46) would drop all
         drop = drop_sorted.scatter(-1, idx, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits.softmax(-1)
