@@ -42,9 +42,11 @@ def test_only_lora_parameters_train_and_disabling_gives_the_base():
 def test_saved_adapter_merges_back_to_the_same_model(tmp_path):
     model = _trained_lora_model()
     state = {k: v for k, v in model.state_dict().items()}
-    lora.save_adapter(state, model.config, LoraSection(rank=4, alpha=8), tmp_path, "base", {"recommended_exit_layer": 1})
+    meta = {"recommended_exit_layer": 1}
+    lora.save_adapter(state, model.config, LoraSection(rank=4, alpha=8), tmp_path, "base", meta)
     config = json.loads((tmp_path / "adapter_config.json").read_text())
-    assert set(config["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    hf_names = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert set(config["target_modules"]) == hf_names
     torch.manual_seed(0)
     plain = Transformer(ModelConfig(**CFG))
     meta = lora.merge_adapter(plain, tmp_path)

@@ -107,9 +107,15 @@ def load_config(path: Path) -> ModelConfig:
 
 
 def load_model(
-    name: str | None = None, dtype: str | torch.dtype = "float32", device: str = "cpu"
+    name: str | None = None,
+    dtype: str | torch.dtype = "float32",
+    device: str = "cpu",
+    adapter: str | Path | None = None,
 ) -> LoadedModel:
-    """Load model and tokenizer; the one entry point the CLI, server, bench and eval share."""
+    """Load model and tokenizer; the one entry point the CLI, server, bench and eval share.
+
+    `adapter`: a peft LoRA adapter directory (from `layerskip train`) folded into the weights.
+    """
     torch_dtype = parse_dtype(dtype)
     path = resolve(name)
     cfg = load_config(path)
@@ -120,8 +126,19 @@ def load_model(
     if cfg.tie_word_embeddings:
         model.output.weight = model.tok_embeddings.weight
     model.inv_freq = rope_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+    if adapter is not None:
+        _apply_adapter(model, Path(adapter))
     model = model.to(device=device, dtype=torch_dtype).eval().requires_grad_(False)
     return LoadedModel(model, load_tokenizer(path), name or DEFAULT_MODEL, path)
+
+
+def _apply_adapter(model: Transformer, path: Path) -> None:
+    """Merge a LoRA adapter in float32 before any cast; it may name the exit layer to use."""
+    from layerskip.training.lora import merge_adapter
+
+    meta = merge_adapter(model, path)
+    if meta.get("recommended_exit_layer") is not None:
+        model.config.recommended_exit_layer = int(meta["recommended_exit_layer"])
 
 
 def _load_hf_state_dict(path: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:

@@ -35,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     from layerskip.training.trainer import train
 
     result = train(load_config(config_path(args.config), args.overrides))
+    if not result.main_process:
+        return 0
     summary = {str(e): round(v["agreement"], 4) for e, v in result.last_eval.items()}
     print(f"trained {result.steps} steps -> {result.output}")
     if summary:

@@ -127,7 +127,7 @@ class OptimSection:
     def __post_init__(self) -> None:
         _check(self.lr > 0, "optim.lr must be positive")
         _check(self.max_steps > 0, "optim.max_steps must be positive")
-        _check(0 <= self.warmup_steps < self.max_steps, "optim.warmup_steps must be in [0, max_steps)")
+        _check(self.warmup_steps >= 0, "optim.warmup_steps must be non-negative")
         _check(self.batch_size > 0 and self.grad_accum > 0, "optim.batch_size/grad_accum must be positive")
         _check(len(self.betas) == 2, "optim.betas must have two values")
 

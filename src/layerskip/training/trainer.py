@@ -34,6 +34,7 @@ DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded defa
 class TrainResult:
     output: Path  # the exported model directory or adapter
     steps: int
+    main_process: bool  # False on the other ranks of a torchrun job
     last_eval: dict[int, dict[str, float]] = field(default_factory=dict)
 
 
@@ -201,7 +202,7 @@ class Trainer:
         self.ckpt.save(self.step, self.objective, self.optimizer, self.scheduler)
         output = self.export(last_eval)
         distributed.barrier(self.env)
-        return TrainResult(output, self.step, last_eval)
+        return TrainResult(output, self.step, self.env.is_main, last_eval)
 
     def _eval_and_log(self) -> dict[int, dict[str, float]]:
         result = self.evaluate()
