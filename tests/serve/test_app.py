@@ -141,7 +141,8 @@ BAD_REQUESTS = [
     ("completions", {"model": "tiny", "prompt": "hi", "strategy": "self_speculative", "exit_layer": 4}, 400,
      "exit_layer"),
     ("completions", {"model": "tiny", "prompt": "hi", "num_speculations": 0}, 400, "num_speculations"),
-    ("completions", {"model": "tiny", "prompt": "hi", "seed": -1}, 400, "seed"),
+    ("completions", {"model": "tiny", "prompt": "hi", "seed": "7"}, 400, "seed"),
+    ("completions", {"model": "tiny", "prompt": "hi", "max_tokens": 2.5}, 400, "max_tokens"),
     ("chat/completions", {"model": "tiny", "messages": []}, 400, "messages"),
     ("chat/completions", {"model": "tiny", "messages": [{"role": "robot", "content": "hi"}]}, 400, "messages"),
     ("chat/completions", {"model": "tiny", "messages": "hi"}, 400, "messages"),
@@ -297,3 +298,10 @@ def test_smollm2_chat_and_disconnect_mid_stream(smollm2):
         assert server.metrics.generated_tokens._value.get() == out.usage.completion_tokens  # the chat only
         again = client(url, key=None).completions.create(model="smollm2", prompt="Hi", max_tokens=2)
         assert again.usage.completion_tokens <= 2
+
+
+@pytest.mark.parametrize("extra", [{"top_p": 1e-46}, {"top_p": 5e-324, "top_k": 1}, {"temperature": 1e-300}])
+def test_extreme_sampling_values_are_served(tiny_url, extra):
+    sampling = {"temperature": 2.0, "seed": 1} | extra
+    out = client(tiny_url).completions.create(model="tiny", prompt=PROMPT, max_tokens=4, extra_body=sampling)
+    assert out.usage.completion_tokens >= 1

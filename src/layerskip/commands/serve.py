@@ -8,7 +8,7 @@ import os
 from dataclasses import fields
 
 from layerskip.commands.common import add_generation_arguments, add_model_arguments, generation_config
-from layerskip.model.loading import load_model, resolve
+from layerskip.model.loading import DEFAULT_MODEL, load_model, resolve
 from layerskip.serve.config import ServerConfig
 
 _DEFAULTS = {f.name: f.default for f in fields(ServerConfig) if not callable(f.default_factory)}
@@ -39,7 +39,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         host=args.host,
         port=args.port,
         api_key=args.api_key or os.environ.get("LAYERSKIP_API_KEY"),
-        served_model_name=args.served_model_name,
+        served_model_name=args.served_model_name or args.model or DEFAULT_MODEL,
         generation=generation_config(args),
         max_queue=args.max_queue,
         timeout_s=args.timeout,

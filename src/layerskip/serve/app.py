@@ -58,7 +58,7 @@ class Server:
         self.engine: Engine | None = None
         self.load_error: str | None = None
         self.tokenizer: Any = None  # a copy for the event loop; the worker thread uses the model's own
-        self.model_name = ""
+        self.model_name = cfg.served_model_name or ""  # the loaded model's name if not set
         self.created = int(time.time())
 
     def set_model(self, loaded: LoadedModel) -> None:
@@ -100,7 +100,6 @@ class Server:
         try:
             engine.submit(job)
         except QueueFull:
-            self.metrics.stopped.labels("overloaded").inc()
             raise unavailable("the server is busy: the request queue is full", self.cfg.retry_after_s) from None
         return job
 
@@ -183,8 +182,7 @@ def _routes(server: Server) -> APIRouter:
         job = server.start(req, messages, chat=True)
         return await _answer(request, job, Reply(server.model_name, chat=True), req)
 
-    @api.get("/metrics", response_class=PlainTextResponse,
-             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+    @api.get("/metrics", include_in_schema=False)  # for Prometheus, not for API clients
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(server.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
@@ -200,9 +198,9 @@ def _health_route(app: FastAPI, server: Server) -> None:
         return JSONResponse(Health(status=status, detail=server.load_error).model_dump(), 503)
 
 
-def _openapi_without_422(app: FastAPI) -> None:
-    """Validation errors are answered 400 in OpenAI's shape, so the spec must not promise 422s."""
-
+def _openapi(app: FastAPI, server: Server) -> None:
+    """FastAPI's spec, made to match what we do: validation errors are 400s in OpenAI's shape
+    (never 422), and `model` must be the served name once it is known."""
     original = app.openapi
 
     def build() -> dict[str, Any]:
@@ -210,8 +208,12 @@ def _openapi_without_422(app: FastAPI) -> None:
         for ops in schema["paths"].values():
             for op in ops.values():
                 op["responses"].pop("422", None)
+        schemas = schema.get("components", {}).get("schemas", {})
         for name in ("HTTPValidationError", "ValidationError"):
-            schema.get("components", {}).get("schemas", {}).pop(name, None)
+            schemas.pop(name, None)
+        for name in ("CompletionRequest", "ChatCompletionRequest"):
+            if server.model_name and name in schemas:
+                schemas[name]["properties"]["model"]["enum"] = [server.model_name]
         return schema
 
     app.openapi = build  # type: ignore[method-assign]
@@ -240,7 +242,7 @@ def create_app(model: LoadedModel | Loader, cfg: ServerConfig | None = None) -> 
     _health_route(app, server)
     router = _routes(server)
     app.include_router(router)
-    _openapi_without_422(app)
+    _openapi(app, server)
     endpoints = {getattr(r, "path", "") for r in app.routes} | {r.path for r in router.routes}
     app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=server.metrics, endpoints=endpoints)

@@ -37,9 +37,11 @@ def generation_config(req: GenerationRequest, defaults: GenerationConfig, max_ne
     overrides: dict[str, object] = {"max_new_tokens": max_new_tokens, "chat": False}
     if req.temperature is not None:
         overrides |= {"temperature": req.temperature, "do_sample": req.temperature > 0}
-    for name in ("top_p", "top_k", "seed", "strategy", "exit_layer", "num_speculations"):
+    for name in ("top_p", "top_k", "strategy", "exit_layer", "num_speculations"):
         if getattr(req, name) is not None:
             overrides[name] = getattr(req, name)
+    if req.seed is not None:
+        overrides["seed"] = req.seed % (1 << 64)  # torch takes unsigned 64-bit seeds
     if req.stop_strings is not None:
         overrides["stop_strings"] = req.stop_strings
     try:

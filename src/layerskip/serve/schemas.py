@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from layerskip.generation.config import STRATEGIES
 
@@ -21,29 +21,40 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+def _whole(value: object) -> object:
+    """JSON Schema counts 3.0 as an integer, so we do; "3" and 3.5 stay errors."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Int = Annotated[int, BeforeValidator(_whole)]
+PositiveInt = Annotated[int, Field(ge=1), BeforeValidator(_whole)]  # bounds inside: they reach the spec
+
+
 class StreamOptions(_Strict):
     include_usage: bool = False
 
 
-StopString = Annotated[str, Field(min_length=1)]
+NonEmpty = Annotated[str, Field(min_length=1)]
 
 
 class GenerationRequest(_Strict):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
     model: str
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: PositiveInt | None = None
     temperature: float | None = Field(None, ge=0, le=2, description="0: greedy; unset: the server's default")
     top_p: float | None = Field(None, gt=0, le=1)
-    n: Literal[1] = 1
+    n: Annotated[int, Field(ge=1, le=1), BeforeValidator(_whole)] = Field(1, description="only 1")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None = None
-    seed: int | None = Field(None, ge=0, lt=1 << 63)
-    top_k: int | None = Field(None, ge=1)
+    stop: NonEmpty | Annotated[list[NonEmpty], Field(max_length=MAX_STOP_STRINGS)] | None = None
+    seed: Int | None = Field(None, description="any integer (taken modulo 2**64)")
+    top_k: PositiveInt | None = None
     strategy: Literal[STRATEGIES] | None = None
-    exit_layer: int | None = Field(None, ge=1, description="E: layers 0..E-1 draft (or exit)")
-    num_speculations: int | None = Field(None, ge=1, le=MAX_SPECULATIONS, description="k: drafts per verification")
+    exit_layer: PositiveInt | None = Field(None, description="E: layers 0..E-1 draft (or exit)")
+    num_speculations: Annotated[int, Field(ge=1, le=MAX_SPECULATIONS), BeforeValidator(_whole)] | None = Field(
+        None, description="k: drafts per verification"
+    )
 
     @property
     def stop_strings(self) -> list[str] | None:
@@ -55,7 +66,7 @@ class GenerationRequest(_Strict):
 
 
 class CompletionRequest(GenerationRequest):
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] = Field(
+    prompt: NonEmpty | Annotated[list[NonEmpty], Field(min_length=1, max_length=1)] = Field(
         description="a string, or a list of exactly one string"
     )
 
@@ -81,7 +92,7 @@ class ChatMessage(_Strict):
 
 class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1, description="the newer name of max_tokens")
+    max_completion_tokens: PositiveInt | None = Field(None, description="the newer name of max_tokens")
 
     @property
     def requested_max_tokens(self) -> int | None:

@@ -1,0 +1,217 @@
+"""Load test of `layerskip serve`: concurrent streaming clients on loopback for a fixed time.
+
+Starts the server itself (a `layerskip serve` subprocess on a free loopback port, stopped at the
+end) unless --url names a running loopback server. Each client streams greedy completions in a
+loop; every answer must end with a finish reason, usage and [DONE], and its text must equal the
+non-streamed answer to the same prompt (so nothing was lost or cut). 503s (queue full) are
+counted and retried after Retry-After. Exit status 1 on any error or truncated answer.
+
+    python benchmarks/load_test.py                       # tiny random model, 16 clients, 60 s
+    python benchmarks/load_test.py --duration 10 --clients 4
+    python benchmarks/load_test.py --model smollm2 --max-tokens 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+
+from layerskip.model.config import ModelConfig
+from layerskip.model.loading import default_model_path, load_tokenizer
+from layerskip.model.saving import save_pretrained
+from layerskip.model.synthetic import random_model
+
+PROMPTS = ["Once upon a time", "The capital of France is", "def fibonacci(n):", "1, 2, 3, 4,"]
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@dataclass
+class Tally:
+    ok: int = 0
+    rejected_503: int = 0
+    truncated: int = 0
+    errors: list[str] = field(default_factory=list)
+    tokens: int = 0
+    latency_s: list[float] = field(default_factory=list)
+    ttft_s: list[float] = field(default_factory=list)
+
+
+def tiny_model(out: Path) -> Path:
+    """A random 4-layer model on SmolLM2's tokenizer: real text handling, negligible compute."""
+    tok = load_tokenizer(default_model_path())
+    cfg = ModelConfig(vocab_size=len(tok), dim=64, n_layers=4, n_heads=4, n_kv_heads=2, intermediate_size=128,
+                      max_seq_len=512, eos_token_ids=[tok.eos_token_id])
+    return save_pretrained(random_model(cfg, seed=0, std=0.05), out, tok)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: str, port: int, extra: list[str]) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "layerskip.cli", "serve", "--model", model, "--served-model-name", "load-test",
+           "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *extra]
+    return subprocess.Popen(cmd, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+
+
+def wait_ready(url: str, server: subprocess.Popen | None, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server is not None and server.poll() is not None:
+            raise SystemExit(f"the server exited with status {server.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit("the server did not become ready")
+
+
+def parse_stream(lines: list[str]) -> tuple[str, str | None, dict | None, bool]:
+    """(text, finish_reason, usage, saw [DONE]) of an SSE completion stream."""
+    text, finish, usage, done = "", None, None, False
+    for line in lines:
+        if not line.startswith("data: "):
+            continue
+        data = line[len("data: "):]
+        if data == "[DONE]":
+            done = True
+            continue
+        chunk = json.loads(data)
+        if "error" in chunk:
+            raise RuntimeError(f"error event: {chunk['error']['message']}")
+        for choice in chunk["choices"]:
+            text += choice["text"]
+            finish = choice["finish_reason"] or finish
+        usage = chunk.get("usage") or usage
+    return text, finish, usage, done
+
+
+async def one_request(http: httpx.AsyncClient, body: dict, expected: str, tally: Tally) -> float:
+    """Stream one completion and check it; returns seconds to wait before the next one."""
+    start = time.perf_counter()
+    first, lines = None, []
+    async with http.stream("POST", "/v1/completions", json=body) as r:
+        if r.status_code == 503:
+            tally.rejected_503 += 1
+            return float(r.headers.get("retry-after", 1))
+        if r.status_code != 200:
+            tally.errors.append(f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
+            return 0.0
+        async for line in r.aiter_lines():
+            first = first or time.perf_counter()
+            lines.append(line)
+    text, finish, usage, done = parse_stream(lines)
+    if not (done and finish and usage and text == expected):
+        tally.truncated += 1
+        return 0.0
+    tally.ok += 1
+    tally.tokens += usage["completion_tokens"]
+    tally.latency_s.append(time.perf_counter() - start)
+    tally.ttft_s.append((first or start) - start)
+    return 0.0
+
+
+async def client(i: int, http: httpx.AsyncClient, bodies: list[dict], expected: list[str], deadline: float,
+                 tally: Tally) -> None:
+    n = i
+    while time.monotonic() < deadline:
+        k = n % len(bodies)
+        n += 1
+        try:
+            pause = await one_request(http, bodies[k], expected[k], tally)
+        except (httpx.HTTPError, RuntimeError, json.JSONDecodeError) as e:
+            tally.errors.append(f"{type(e).__name__}: {e}")
+            pause = 0.0
+        await asyncio.sleep(pause)
+
+
+async def run(url: str, args: argparse.Namespace) -> Tally:
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    limits = httpx.Limits(max_connections=args.clients + 4)
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=args.request_timeout, limits=limits) as http:
+        model = (await http.get("/v1/models")).json()["data"][0]["id"]
+        bodies = [{"model": model, "prompt": p, "max_tokens": args.max_tokens, "temperature": 0, "stream": True,
+                   "stream_options": {"include_usage": True}} for p in PROMPTS]
+        expected = []
+        for b in bodies:  # the reference answers, one at a time
+            r = await http.post("/v1/completions", json=b | {"stream": False})
+            r.raise_for_status()
+            expected.append(r.json()["choices"][0]["text"])
+        tally = Tally()
+        deadline = time.monotonic() + args.duration
+        await asyncio.gather(*(client(i, http, bodies, expected, deadline, tally) for i in range(args.clients)))
+        return tally
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[q - 1] if len(values) >= 2 else (values[0] if values else 0.0)
+
+
+def report(t: Tally, args: argparse.Namespace, model: str, wall_s: float) -> dict:
+    return {
+        "model": model, "clients": args.clients, "duration_s": args.duration, "max_tokens": args.max_tokens,
+        "max_queue": args.max_queue, "completed": t.ok, "rejected_503": t.rejected_503,
+        "truncated": t.truncated, "errors": len(t.errors), "generated_tokens": t.tokens,
+        "tokens_per_s": round(t.tokens / wall_s, 1), "requests_per_s": round(t.ok / wall_s, 2),
+        "latency_p50_s": round(pct(t.latency_s, 50), 3), "latency_p95_s": round(pct(t.latency_s, 95), 3),
+        "ttft_p50_s": round(pct(t.ttft_s, 50), 3), "ttft_p95_s": round(pct(t.ttft_s, 95), 3),
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--url", default=None, help="a running loopback server (default: start one)")
+    p.add_argument("--model", default="tiny", help="'tiny' (random, SmolLM2 tokenizer), 'smollm2' or a path")
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--duration", type=float, default=60.0, help="seconds; no request starts after it")
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--max-queue", type=int, default=8, help="the started server's queue (requests beyond get 503)")
+    p.add_argument("--strategy", default="autoregressive")
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--request-timeout", type=float, default=120.0)
+    args = p.parse_args()
+    if args.url is not None and urlparse(args.url).hostname not in LOOPBACK:
+        raise SystemExit("--url must be a loopback address")
+
+    server, url, tmp = None, args.url, tempfile.TemporaryDirectory()
+    if url is None:
+        model = str(tiny_model(Path(tmp.name))) if args.model == "tiny" else args.model
+        port = free_port()
+        extra = ["--max-queue", str(args.max_queue), "--strategy", args.strategy]
+        extra += ["--api-key", args.api_key] if args.api_key else []
+        server, url = start_server(model, port, extra), f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, server)
+        start = time.perf_counter()
+        tally = asyncio.run(run(url, args))
+        result = report(tally, args, args.model, time.perf_counter() - start)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(30)
+        tmp.cleanup()
+    for e in tally.errors[:10]:
+        print("error:", e, file=sys.stderr)
+    print(json.dumps(result))
+    return 1 if tally.errors or tally.truncated else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
