@@ -99,10 +99,12 @@ def tune(
     cfg: TuneConfig,
     model_key: str,
     on_progress: ProgressCallback | None = None,
+    costs: LayerCosts | None = None,
 ) -> TuneResult:
-    """Analyse, prune to the best predicted candidates, measure them; returns the chosen setting."""
+    """Analyse, prune to the best predicted candidates, measure them; returns the chosen setting.
+    `costs` (measured here when None) must cover 1..max_k+1 tokens."""
     start = time.perf_counter()
-    costs = measure_costs(loaded.model, cfg.max_k + 1, repeats=3)
+    costs = costs if costs is not None else measure_costs(loaded.model, cfg.max_k + 1, repeats=3)
     analysis = analyze(loaded, dataset, cfg.analysis_tokens, cfg.max_k, costs)
     candidates = rank_candidates(analysis, cfg.max_k, cfg.num_candidates)
     base = replace(base, max_new_tokens=cfg.max_new_tokens)

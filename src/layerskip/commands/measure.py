@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Callable
 
+import torch
+
 from layerskip.bench.data import METRICS, Dataset, load_dataset
 
 
@@ -21,11 +23,16 @@ def add_dataset_arguments(p: argparse.ArgumentParser, default_samples: int) -> N
     d.add_argument("--metric", choices=METRICS, default=None,
                    help="quality metric (default: the dataset's)")
     d.add_argument("--n-shot", type=int, default=0, help="in-context examples for HF datasets")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 gives steadier timings on a machine shared with other jobs)")
     p.add_argument("--perfect-draft-from", type=int, default=None, metavar="E",
                    help="test/benchmark aid: silence layers >= E after loading, so drafts from E on are perfect")
 
 
 def dataset_from_args(args: argparse.Namespace) -> Dataset:
+    """The dataset the flags name (and --threads applied: every measuring command calls this first)."""
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     return load_dataset(args.dataset, args.num_samples, args.prompt_field, args.reference_field, args.metric,
                         args.n_shot, getattr(args, "seed", None) or 0)
 

@@ -1,0 +1,38 @@
+import pytest
+
+from layerskip.bench.analysis import analyze, layer_statistics, text_ids
+from layerskip.bench.data import load_dataset
+from layerskip.model.loading import load_model
+from layerskip.model.synthetic import silence_layers
+
+PERFECT_FROM = 2
+
+
+@pytest.fixture(scope="module")
+def perfect(tiny_dir):
+    """A private copy of the tiny model (the shared fixture must not be modified)."""
+    loaded = load_model(str(tiny_dir))
+    silence_layers(loaded.model, PERFECT_FROM)
+    return loaded
+
+
+def test_perfect_draft_agreement_is_one_from_e(perfect):
+    result = analyze(perfect, load_dataset("code", num_samples=2), max_tokens=64, max_k=4)
+    assert [r.layer for r in result.records] == [1, 2, 3, 4]
+    for r in result.records[PERFECT_FROM - 1 :]:
+        assert r.agreement == 1.0
+    assert result.records[0].agreement < 1.0  # a random layer 1 is no perfect draft
+    ppl = [r.perplexity for r in result.records[PERFECT_FROM - 1 :]]
+    assert max(ppl) == pytest.approx(min(ppl))  # identical logits from E on
+    assert result.records[-1].predicted_speedup is None
+    assert result.num_tokens == sum(len(ids) for ids in text_ids(perfect, load_dataset("code", 2), 64))
+    d = result.to_dict()
+    assert {"layer", "agreement", "perplexity", "predicted_speedup", "best_k"} <= set(d["records"][0])
+    if result.recommended_exit_layer is not None:
+        assert result.recommended_exit_layer == max(result.records[:-1], key=lambda r: r.predicted_speedup).layer
+
+
+def test_layer_statistics_last_layer_agrees_with_itself(tiny):
+    agreement, perplexity, n = layer_statistics(tiny.model, [[1, 5, 9, 20, 33], [1, 7]])
+    assert agreement[-1] == 1.0 and n == 7
+    assert all(0 <= a <= 1 for a in agreement) and all(p > 1 for p in perplexity)
