@@ -47,6 +47,7 @@ class Tally:
     tokens: int = 0
     latency_s: list[float] = field(default_factory=list)
     ttft_s: list[float] = field(default_factory=list)
+    server: dict[str, float] = field(default_factory=dict)
 
 
 def tiny_model(out: Path) -> Path:
@@ -157,7 +158,20 @@ async def run(url: str, args: argparse.Namespace) -> Tally:
         tally = Tally()
         deadline = time.monotonic() + args.duration
         await asyncio.gather(*(client(i, http, bodies, expected, deadline, tally) for i in range(args.clients)))
+        tally.server = server_figures((await http.get("/metrics")).text)
         return tally
+
+
+def server_figures(metrics: str) -> dict[str, float]:
+    """Mean generation time per request on the server (queueing excluded) and its queue depth now."""
+    values = {}
+    for line in metrics.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    n = values.get("layerskip_generation_duration_seconds_count", 0)
+    mean = values.get("layerskip_generation_duration_seconds_sum", 0) / n if n else 0.0
+    return {"server_generation_mean_s": round(mean, 3), "server_queue_depth_after": values["layerskip_queue_depth"]}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -171,7 +185,7 @@ def report(t: Tally, args: argparse.Namespace, model: str, wall_s: float) -> dic
         "truncated": t.truncated, "errors": len(t.errors), "generated_tokens": t.tokens,
         "tokens_per_s": round(t.tokens / wall_s, 1), "requests_per_s": round(t.ok / wall_s, 2),
         "latency_p50_s": round(pct(t.latency_s, 50), 3), "latency_p95_s": round(pct(t.latency_s, 95), 3),
-        "ttft_p50_s": round(pct(t.ttft_s, 50), 3), "ttft_p95_s": round(pct(t.ttft_s, 95), 3),
+        "ttft_p50_s": round(pct(t.ttft_s, 50), 3), "ttft_p95_s": round(pct(t.ttft_s, 95), 3), **t.server,
     }
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from live_server import API_KEY, serving
 
 from layerskip.model.loading import LoadedModel, load_model
 from layerskip.serve import ServerConfig, create_app
+
+from .live_server import API_KEY, serving
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,13 @@ import time
 import httpx
 import openai
 import pytest
-from live_server import API_KEY, serving
 
 from layerskip.cli import main
 from layerskip.generation.config import GenerationConfig
 from layerskip.generation.generate import generate
 from layerskip.serve import ServerConfig, create_app
+
+from .live_server import API_KEY, serving
 
 PROMPT = "The quick brown fox"
 GREEDY = {"temperature": 0, "max_tokens": 40}

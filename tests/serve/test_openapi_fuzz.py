@@ -9,10 +9,11 @@ from collections.abc import Iterator
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from live_server import serving
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from layerskip.serve import ServerConfig, create_app
+
+from .live_server import serving
 
 
 @pytest.fixture(scope="module")
