@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from layerskip.bench.cost_model import expected_tokens_per_round
 from layerskip.model.config import ModelConfig
 from layerskip.model.llama import Transformer
 from layerskip.model.saving import save_pretrained
@@ -20,24 +21,32 @@ from layerskip.training import lora
 from layerskip.training.config import TrainConfig
 
 
-def estimated_speedup(agreement: float, exit_layer: int, n_layers: int, max_draft: int = 8) -> float:
-    """Rough self-speculation speedup at one exit, taking draft acceptance ≈ top-1 agreement.
+def _layer_and_head_params(cfg: ModelConfig) -> tuple[int, int]:
+    q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    layer = cfg.dim * (q + 2 * kv) + q * cfg.dim + 3 * cfg.dim * cfg.intermediate_size
+    return layer, cfg.vocab_size * cfg.dim
 
-    A round drafts k tokens at E/L of a full step each and verifies them with the remaining
-    layers; it yields the accepted prefix plus one token. Best k wins.
+
+def estimated_speedup(agreement: float, exit_layer: int, cfg: ModelConfig, max_draft: int = 8) -> float:
+    """Self-speculation speedup at one exit, taking acceptance ≈ top-1 agreement and decoding as
+    memory-bound (a pass costs the weights it reads, whatever its token count).
+
+    The round of `bench.cost_model` in weight units: k+1 draft passes through E layers and k draft
+    heads, one verification through the other layers and the head. A small model's LM head weighs
+    as much as many layers, which makes every draft token expensive.
     """
-    ratio = exit_layer / n_layers
+    layer, head = _layer_and_head_params(cfg)
+    token = cfg.n_layers * layer + head
     best = 0.0
     for k in range(1, max_draft + 1):
-        tokens = sum(agreement**i for i in range(k + 1))  # expected accepted + the bonus token
-        cost = k * ratio + (1 - ratio)
-        best = max(best, tokens / cost)
+        round_cost = (k + 1) * exit_layer * layer + k * head + (cfg.n_layers - exit_layer) * layer + head
+        best = max(best, expected_tokens_per_round(agreement, k) * token / round_cost)
     return best
 
 
-def recommend_exit(agreement: dict[int, float], n_layers: int) -> int | None:
+def recommend_exit(agreement: dict[int, float], cfg: ModelConfig) -> int | None:
     """The evaluated exit with the best estimated speedup, if any beats plain decoding."""
-    scored = {e: estimated_speedup(a, e, n_layers) for e, a in agreement.items() if e < n_layers}
+    scored = {e: estimated_speedup(a, e, cfg) for e, a in agreement.items() if e < cfg.n_layers}
     if not scored:
         return None
     best = max(scored, key=scored.get)

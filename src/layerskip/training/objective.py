@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from layerskip.model.llama import Transformer
@@ -77,19 +78,19 @@ class LayerSkipObjective(nn.Module):
         """Per-exit cross-entropy and top-1 agreement with the last layer, chunked over tokens."""
         labels = labels.flatten()
         flat = {e: h.flatten(0, 1) for e, h in hidden.items()}
-        last = flat[self.model.n_layers]
         valid = labels != IGNORE_INDEX
         loss = {e: torch.zeros(()) for e in flat}
         agree = {e: torch.zeros(()) for e in flat}
         step = self.cfg.chunk_tokens
         for i in range(0, labels.shape[0], step):
             sl = slice(i, i + step)
-            v = valid[sl]
-            target = self.model.exit_logits(last[sl]).argmax(-1)
+            v, y = valid[sl], labels[sl][valid[sl]]
+            last = self.model.exit_logits(flat[self.model.n_layers][sl]).float()[v]
+            target = last.argmax(-1)
             for e, h in flat.items():
-                logits = self.model.exit_logits(h[sl]).float()
-                loss[e] += torch.nn.functional.cross_entropy(logits[v], labels[sl][v], reduction="sum")
-                agree[e] += (logits.argmax(-1)[v] == target[v]).sum()
+                x = last if e == self.model.n_layers else self.model.exit_logits(h[sl]).float()[v]
+                loss[e] += F.cross_entropy(x, y, reduction="sum")
+                agree[e] += (x.argmax(-1) == target).sum()
         n = valid.sum().clamp(min=1)
         loss = {e: x / n for e, x in loss.items()}
         return ObjectiveOutput(loss[self.model.n_layers], loss, {e: x / n for e, x in agree.items()})

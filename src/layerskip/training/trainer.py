@@ -23,7 +23,7 @@ from layerskip.training import distributed, export, lora
 from layerskip.training.checkpoint import Checkpointer, full_state
 from layerskip.training.config import ModelSection, OptimSection, TrainConfig
 from layerskip.training.data import ByteTokenizer, batch_indices, load_data
-from layerskip.training.early_exit import enabled_exits, exit_weights
+from layerskip.training.early_exit import IGNORE_INDEX, enabled_exits, exit_weights
 from layerskip.training.layer_dropout import drop_rates
 from layerskip.training.objective import LayerSkipObjective, StepPlan
 
@@ -164,7 +164,7 @@ class Trainer:
             for i in range(0, len(data), bs):
                 out = self.objective(data.inputs[i : i + bs].to(self.env.device),
                                      data.labels[i : i + bs].to(self.env.device), plan)
-                n = (data.labels[i : i + bs] != -100).sum()
+                n = (data.labels[i : i + bs] != IGNORE_INDEX).sum()
                 for e in exits:
                     sums[e] += torch.stack([out.exit_loss[e].cpu(), out.agreement[e].cpu()]) * n
         self.objective.train()
@@ -221,7 +221,7 @@ class Trainer:
         cfg, model_cfg = self.cfg, self.model.config
         agreement = {e: v["agreement"] for e, v in last_eval.items()}
         model_cfg.recommended_exit_layer = cfg.run.recommended_exit_layer or export.recommend_exit(
-            agreement, self.n_layers
+            agreement, model_cfg
         )
         state = full_state(self.objective, self.env)
         path = self.out / "final"
