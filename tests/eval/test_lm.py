@@ -93,6 +93,8 @@ def test_generation_kwargs(tiny):
     assert sampled.do_sample and sampled.seed is not None and sampled.top_p == 0.9
     with pytest.raises(LayerSkipError, match="num_beams"):
         lm._request_config({"num_beams": 4})
+    with pytest.raises(LayerSkipError, match="context length"):
+        lm._request_config({"max_gen_toks": tiny.config.max_seq_len - 1})
     answers = lm.generate_until(_instances("generate_until", [("abc", {"max_gen_toks": 3})]), disable_tqdm=True)
     assert len(answers) == 1 and lm.totals.new_tokens <= 3
 

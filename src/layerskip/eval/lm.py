@@ -58,12 +58,12 @@ class LayerSkipLM(TemplateLM):
         self.batch_size = _batch_size(batch_size)
         if max_gen_toks < 1:
             raise LayerSkipError(f"max_gen_toks must be >= 1, got {max_gen_toks}")
+        requested = GenerationConfig(strategy=strategy, exit_layer=exit_layer, num_speculations=num_speculations)
         if isinstance(pretrained, LoadedModel):  # already loaded, e.g. shared by tests
             self.loaded = pretrained
         else:
             self.loaded = load_model(pretrained, dtype, _device(device))
         cfg = self.loaded.config
-        requested = GenerationConfig(strategy=strategy, exit_layer=exit_layer, num_speculations=num_speculations)
         resolved = requested.resolve_exit_layer(cfg.n_layers, cfg.recommended_exit_layer)
         self.generation = replace(requested, exit_layer=resolved)
         self.score_exit_layer = self.generation.exit_layer if strategy == "early_exit" else None
@@ -163,8 +163,8 @@ class LayerSkipLM(TemplateLM):
         unknown = sorted(set(kwargs) - set(_SAMPLING_KWARGS))
         if unknown:
             raise LayerSkipError(f"generation kwargs not supported by layerskip: {', '.join(unknown)}")
-        if max_new >= self.max_length:
-            raise LayerSkipError(f"max_gen_toks ({max_new}) must be below the context length ({self.max_length})")
+        if max_new > self.max_length - 2:  # leave room for at least one prompt token
+            raise LayerSkipError(f"max_gen_toks ({max_new}) must be below the context length ({self.max_length}) - 1")
         if kwargs.get("do_sample") and kwargs.get("seed") is None:
             kwargs["seed"] = int(torch.randint(2**31, ()))  # reproducible under lm-eval's --seed
         return replace(self.generation, max_new_tokens=max_new, stop_strings=[s for s in until if s], **kwargs)
