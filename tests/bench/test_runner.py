@@ -4,6 +4,7 @@ from layerskip.bench.data import Dataset, Example, load_dataset
 from layerskip.bench.runner import check_equal, cut_at_stops, make_arms, run_benchmark
 from layerskip.errors import LayerSkipError
 from layerskip.generation.config import GenerationConfig
+from layerskip.generation.generate import generate
 
 SUMMARY_KEYS = {"arm", "strategy", "exit_layer", "num_speculations", "num_generations", "new_tokens",
                 "decode_tokens_per_s", "ms_per_token", "total_tokens_per_s", "speedup", "acceptance_rate",
@@ -61,3 +62,19 @@ def test_cut_at_stops():
     assert cut_at_stops(" Paris\nQuestion: x", ["\n"]) == " Paris"
     assert cut_at_stops("\nfoo\nbar", ["\n"]) == "\nfoo"
     assert cut_at_stops("abc", []) == "abc"
+
+
+@pytest.mark.slow
+def test_bench_smollm2_agrees_with_a_separate_generation(smollm2):
+    """Offline on a built-in set; tokens and acceptance equal those of a separate `generate` call
+    (what `generate --json` prints), and greedy self-speculation equals autoregressive."""
+    ds = load_dataset("qa", num_samples=1)
+    cfgs = [GenerationConfig(strategy=s, exit_layer=8, num_speculations=3, max_new_tokens=10)
+            for s in ("autoregressive", "self_speculative")]
+    report = run_benchmark(smollm2, ds, cfgs, check=True)
+    assert report.mismatches == []
+    spec = report.summary("self_speculative E=8 k=3").row()
+    alone = generate(smollm2, ds.examples[0].prompt, cfgs[1]).to_dict()
+    assert alone["num_new_tokens"] == spec["new_tokens"]
+    assert alone["acceptance_rate"] == pytest.approx(spec["acceptance_rate"])
+    assert alone["mean_accepted_length"] == pytest.approx(spec["mean_accepted_length"])
