@@ -17,6 +17,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from jinja2 import TemplateError
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from layerskip import __version__
@@ -104,12 +105,23 @@ class Server:
         return job
 
     def _encode(self, prompt: Prompt, chat: bool, param: str) -> list[int]:
+        texts = [prompt] if isinstance(prompt, str) else [m["content"] for m in prompt]
+        if not all(_is_unicode(t) for t in texts):
+            raise APIError(400, f"the {param} is not valid Unicode (it has a lone surrogate)", param=param)
         try:
             return encode_prompt(self.tokenizer, prompt, chat)
         except LayerSkipError as e:
             raise APIError(400, str(e), param=param) from e
-        except Exception as e:  # chat templates raise their own errors (e.g. on role order)
+        except (TemplateError, ValueError) as e:  # chat templates raise their own errors (e.g. on role order)
             raise APIError(400, f"cannot apply the chat template: {e}", param=param) from e
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 _ERRORS = {

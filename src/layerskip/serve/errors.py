@@ -49,7 +49,7 @@ def validation_error(e: RequestValidationError) -> APIError:
     for err in errors[:3]:
         loc = ".".join(str(p) for p in err["loc"] if p != "body")
         param = param or loc or None
-        parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
+        parts.append(f"{loc}: {err['msg']}" if loc else f"the body must be a JSON object ({err['msg']})")
     return APIError(400, "; ".join(parts) or "invalid request", param=param)
 
 
