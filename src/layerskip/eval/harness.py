@@ -65,17 +65,20 @@ def evaluate(model_args: dict[str, Any], cfg: HarnessConfig) -> dict[str, Any]:
     import layerskip.eval.lm  # noqa: F401  registers the model
 
     tracker = EvaluationTracker(output_path=cfg.output_path)
-    results = simple_evaluate(
-        model="layerskip",
-        model_args=model_args,
-        tasks=cfg.tasks,
-        num_fewshot=cfg.num_fewshot,
-        batch_size=cfg.batch_size,
-        limit=cfg.limit,
-        log_samples=cfg.log_samples,
-        task_manager=task_manager(cfg),
-        evaluation_tracker=tracker,
-    )
+    try:
+        results = simple_evaluate(
+            model="layerskip",
+            model_args=model_args,
+            tasks=cfg.tasks,
+            num_fewshot=cfg.num_fewshot,
+            batch_size=cfg.batch_size,
+            limit=cfg.limit,
+            log_samples=cfg.log_samples,
+            task_manager=task_manager(cfg),
+            evaluation_tracker=tracker,
+        )
+    except ConnectionError as e:  # raised by datasets for a task whose data is neither cached nor reachable
+        raise LayerSkipError(f"{e}: the task's dataset is not in the local HF cache (offline?)") from e
     samples = results.pop("samples", None)
     if cfg.output_path:
         tracker.save_results_aggregated(results=results, samples=samples)
