@@ -33,7 +33,8 @@ def timed_out(timeout_s: float) -> APIError:
     return APIError(504, f"request timed out after {timeout_s:g} s", "server_error", code="timeout")
 
 
-CANCELLED = APIError(499, "client closed the request", code="cancelled")
+def client_left() -> APIError:
+    return APIError(499, "client closed the request", code="cancelled")
 
 
 class _Stop(Exception):
@@ -52,7 +53,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
-    deadline: float = 0.0
+    deadline: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.deadline = time.monotonic() + self.timeout_s
@@ -67,7 +68,7 @@ class Job:
     def check(self) -> None:
         """From the worker thread: stop if the client left or the time is up."""
         if self.cancelled.is_set():
-            raise _Stop(CANCELLED)
+            raise _Stop(client_left())
         if time.monotonic() > self.deadline:
             raise _Stop(timed_out(self.timeout_s))
 
