@@ -25,7 +25,7 @@ def save(fig: Figure, path: Path) -> Path:
 def analysis_figure(records: Sequence[Any], recommended: int | None) -> Figure:
     """Agreement and perplexity per exit layer, and the predicted speedup per E."""
     layers = [r.layer for r in records]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4), layout="constrained")
     ax1.plot(layers, [r.agreement for r in records], "o-", color="tab:blue", label="top-1 agreement")
     ax1.set_xlabel("exit layer E")
     ax1.set_ylabel("top-1 agreement with the last layer")
@@ -34,6 +34,7 @@ def analysis_figure(records: Sequence[Any], recommended: int | None) -> Figure:
     ppl.semilogy(layers, [r.perplexity for r in records], "s--", color="tab:red", label="perplexity")
     ppl.set_ylabel("perplexity (log scale)")
     ax1.set_title("early exit vs final layer")
+    ax1.legend(handles=ax1.lines + ppl.lines, loc="center left")
     spec = [r for r in records if r.predicted_speedup is not None]
     ax2.bar([r.layer for r in spec], [r.predicted_speedup for r in spec], color="tab:green")
     ax2.axhline(1.0, color="black", linewidth=1, linestyle=":")
@@ -50,7 +51,7 @@ def analysis_figure(records: Sequence[Any], recommended: int | None) -> Figure:
 def grid_figure(exit_layers: Sequence[int], ks: Sequence[int], values: dict[str, np.ndarray],
                 best: tuple[int, int]) -> Figure:
     """One heatmap per metric over E (rows) x k (columns); the best cell outlined in each."""
-    fig, axes = plt.subplots(1, len(values), figsize=(5.5 * len(values), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(values), figsize=(5.5 * len(values), 4.5), squeeze=False, layout="constrained")
     bi, bj = exit_layers.index(best[0]), ks.index(best[1])
     for ax, (title, grid) in zip(axes[0], values.items()):
         im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis")
