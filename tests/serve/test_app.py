@@ -65,6 +65,13 @@ def test_chat_equals_generate_stream_and_not(tiny_url, tiny):
     assert chunks[-1].choices[0].finish_reason == ref.finish_reason
 
 
+def test_max_completion_tokens_bounds_a_chat(tiny_url):
+    messages = [{"role": "user", "content": "hello"}]
+    out = client(tiny_url).chat.completions.create(model="tiny", messages=messages, max_completion_tokens=3,
+                                                   max_tokens=30, temperature=0, extra_body={"stop": None})
+    assert out.usage.completion_tokens <= 3
+
+
 def test_self_speculative_via_extra_body_is_lossless_and_reports_usage(tiny_url, tiny):
     extra = {"strategy": "self_speculative", "exit_layer": 2, "num_speculations": 3}
     out = client(tiny_url).completions.create(model="tiny", prompt=PROMPT, extra_body=extra, **GREEDY)

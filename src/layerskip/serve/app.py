@@ -90,8 +90,7 @@ class Server:
         param = "messages" if chat else "prompt"
         ids = self._encode(prompt, chat, param)
         mcfg = engine.loaded.config
-        asked = req.requested_max_tokens if isinstance(req, ChatCompletionRequest) else req.max_tokens
-        n_new = max_new_tokens(len(ids), asked, self.cfg, mcfg.max_seq_len, param)
+        n_new = max_new_tokens(len(ids), req.requested_max_tokens, self.cfg, mcfg.max_seq_len, param)
         gen = generation_config(req, self.cfg.generation, n_new)
         try:
             gen.resolve_exit_layer(mcfg.n_layers, mcfg.recommended_exit_layer)

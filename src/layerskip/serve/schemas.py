@@ -61,6 +61,10 @@ class GenerationRequest(_Strict):
         return [self.stop] if isinstance(self.stop, str) else self.stop
 
     @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    @property
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
