@@ -8,6 +8,7 @@ from dataclasses import fields
 from layerskip.bench.tuned import tuned_values
 from layerskip.generation.config import STRATEGIES, GenerationConfig
 from layerskip.model.loading import DEFAULT_MODEL, DTYPES
+from layerskip.model.quantize import QUANT_MODES
 
 _DEFAULTS = {f.name: f.default for f in fields(GenerationConfig) if not callable(f.default_factory)}
 
@@ -17,7 +18,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         "--model", default=None,
         help=f"hub id, local HF directory or .gguf file (default: embedded {DEFAULT_MODEL})",
     )
-    p.add_argument("--dtype", choices=list(DTYPES), default="float32")
+    p.add_argument("--dtype", choices=[*DTYPES, *QUANT_MODES], default="float32",
+                   help="weights and activations; int8/int4: weight-only quantised, bfloat16 activations (CPU)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
 
 
@@ -39,6 +41,10 @@ def add_generation_arguments(p: argparse.ArgumentParser, default_strategy: str =
     g.add_argument("--draft-threshold", type=float, default=None,
                    help="adaptive: stop drafting when the draft's top probability is below this")
     g.add_argument("--adaptive-k", action="store_true", help="adaptive: adjust k from recent acceptance")
+    g.add_argument("--draft-vocab-size", type=int, default=None, metavar="N",
+                   help="self-speculative: draft over the N most frequent tokens only (output unchanged)")
+    g.add_argument("--draft-vocab-file", default=None, metavar="FILE",
+                   help="token ids ranked most frequent first (JSON list or one per line); default: id order")
 
 
 def generation_config(args: argparse.Namespace, **overrides: object) -> GenerationConfig:
@@ -57,6 +63,8 @@ def generation_config(args: argparse.Namespace, **overrides: object) -> Generati
         ignore_eos=args.ignore_eos,
         draft_confidence_threshold=args.draft_threshold,
         adaptive_k=args.adaptive_k,
+        draft_vocab_size=args.draft_vocab_size,
+        draft_vocab_file=args.draft_vocab_file,
         chat=getattr(args, "chat", False),
     )
     values.update(tuned_values(args))  # unset --exit-layer / --num-speculations: `layerskip tune`'s choice

@@ -28,6 +28,10 @@ class GenerationConfig:
     draft_confidence_threshold: float | None = None
     # Adaptive drafting: grow k after a fully accepted draft, shrink it after a rejection.
     adaptive_k: bool = False
+    # Cheaper drafts: the early exit scores only the N most frequent tokens; verification keeps
+    # the full vocabulary, so the output is unchanged (see generation/draft_vocab.py).
+    draft_vocab_size: int | None = None
+    draft_vocab_file: str | None = None  # token ids, most frequent first; default ranking: id order
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -45,6 +49,8 @@ class GenerationConfig:
         t = self.draft_confidence_threshold
         if t is not None and not 0 <= t <= 1:
             raise LayerSkipError(f"draft confidence threshold must be in [0, 1], got {t}")
+        if self.draft_vocab_size is not None and self.draft_vocab_size < 1:
+            raise LayerSkipError(f"draft vocabulary size must be >= 1, got {self.draft_vocab_size}")
         if self.exit_layer is not None and self.exit_layer < 1:
             raise LayerSkipError(f"exit layer must be >= 1, got {self.exit_layer}")
 

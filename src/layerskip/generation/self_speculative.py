@@ -18,6 +18,7 @@ from torch import Tensor
 
 from layerskip.generation.autoregressive import prefill
 from layerskip.generation.config import GenerationConfig
+from layerskip.generation.draft_vocab import DraftHead, draft_head, read_ranking, select_ids
 from layerskip.generation.output import ACCEPTED, SpeculationStats, TokenSink
 from layerskip.generation.sampling import next_token, processed_probs, sample
 from layerskip.model.llama import Transformer
@@ -37,6 +38,7 @@ def draft(
     max_drafts: int,
     cfg: GenerationConfig,
     generator: torch.Generator | None,
+    head: DraftHead,
 ) -> Draft:
     """Run the pending token and up to `max_drafts` drafts through the early layers."""
     cache = model.exit_query_cache
@@ -48,14 +50,14 @@ def draft(
         cache.write(i, h)
         if i == max_drafts:
             break
-        logits = model.exit_logits(h)[0, -1]
+        logits = head.logits(model, h)[0, -1]
         if cfg.greedy:
-            token = logits.argmax(-1)
+            token = head.to_vocab(logits.argmax(-1))
             confidence = logits.softmax(-1).max() if threshold is not None else None
         else:
             q = processed_probs(logits, cfg)
-            token = sample(q, generator)
-            probs.append(q)
+            token = head.to_vocab(sample(q, generator))
+            probs.append(head.full_probs(q, model.config.vocab_size))
             confidence = q.max() if threshold is not None else None
         tokens.append(token)
         if confidence is not None and float(confidence) < threshold:
@@ -104,6 +106,15 @@ def accept_sampled(
     return n, tok
 
 
+def draft_vocab(model: Transformer, cfg: GenerationConfig) -> DraftHead:
+    """The draft head `cfg` asks for: the model's own, or one over the most frequent tokens."""
+    if cfg.draft_vocab_size is None and cfg.draft_vocab_file is None:
+        return draft_head(model, None)
+    ranking = read_ranking(cfg.draft_vocab_file) if cfg.draft_vocab_file else None
+    mcfg = model.config
+    return draft_head(model, select_ids(ranking, cfg.draft_vocab_size, mcfg.vocab_size, mcfg.eos_token_ids))
+
+
 def next_k(k_max: int, n_drafted: int, n_accepted: int) -> int:
     """Adaptive k: one more after a fully accepted draft, what was accepted (+1) otherwise."""
     return min(k_max, n_drafted + 1) if n_accepted == n_drafted else max(1, n_accepted + 1)
@@ -119,6 +130,7 @@ def decode(
     stats: SpeculationStats,
 ) -> None:
     """Generate into `sink` by draft/verify rounds until it says stop."""
+    head = draft_vocab(model, cfg)
     token = next_token(prefill(model, prompt), cfg, generator)
     pos = prompt.shape[0]
     if sink.push([int(token)]):
@@ -127,7 +139,7 @@ def decode(
     while True:
         n_drafts = min(k, sink.remaining - 1)
         t0 = time.perf_counter()
-        d = draft(model, token, pos, exit_layer, n_drafts, cfg, generator)
+        d = draft(model, token, pos, exit_layer, n_drafts, cfg, generator, head)
         t1 = time.perf_counter()
         logits = verify(model, pos, d.tokens.shape[0] + 1, exit_layer)
         if cfg.greedy:

@@ -26,9 +26,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # Normalise in float32 as the reference implementation does, then cast back.
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        return self.weight * F.rms_norm(x.float(), self.weight.shape, eps=self.eps).type_as(x)
 
 
 def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> Tensor:
@@ -53,12 +51,20 @@ def rotate_half(x: Tensor) -> Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def rope_tables(inv_freq: Tensor, start: int, length: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos and sin [length, 1, head_dim] of positions start..start+length-1 (computed in float32)."""
+    pos = torch.arange(start, start + length, device=inv_freq.device, dtype=torch.float32)
+    angles = torch.outer(pos, inv_freq)
+    angles = torch.cat((angles, angles), dim=-1)[:, None, :]
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
 @dataclass
 class AttentionContext:
     """What every layer of one forward call shares: rotary tables, mask, cache position."""
 
-    cos: Tensor  # [T, head_dim]
-    sin: Tensor  # [T, head_dim]
+    cos: Tensor  # [T, 1, head_dim]
+    sin: Tensor  # [T, 1, head_dim]
     mask: Tensor | None  # [T, end] bool, None when causal or single-token
     is_causal: bool
     start: int | None  # first cache position written; None: no cache (training, scoring)
@@ -69,19 +75,19 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         q_size, kv_size = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-        self.sizes = [q_size, kv_size, kv_size]
         self.wqkv = nn.Linear(cfg.dim, q_size + 2 * kv_size, bias=False)
         self.wo = nn.Linear(q_size, cfg.dim, bias=False)
         self.kv_cache: KVCache | None = None
 
     def forward(self, x: Tensor, ctx: AttentionContext) -> Tensor:
         b, t, _ = x.shape
-        q, k, v = self.wqkv(x).split(self.sizes, dim=-1)
-        q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q = q * ctx.cos + rotate_half(q) * ctx.sin
-        k = k * ctx.cos + rotate_half(k) * ctx.sin
+        qkv = self.wqkv(x).view(b, t, -1, self.head_dim)  # [B, T, H + 2 * KV, head_dim]
+        rotated = self.n_heads + self.n_kv_heads
+        qk = qkv[:, :, :rotated]
+        # One rotary pass over q and k together: half the element-wise calls per layer.
+        qk = (qk * ctx.cos + rotate_half(qk) * ctx.sin).transpose(1, 2)
+        q, k = qk.split([self.n_heads, self.n_kv_heads], dim=1)
+        v = qkv[:, :, rotated:].transpose(1, 2)
         if ctx.start is not None and self.kv_cache is not None:
             k, v = self.kv_cache.update(ctx.start, k, v)
         y = F.scaled_dot_product_attention(
@@ -130,6 +136,9 @@ class Transformer(nn.Module):
         inv_freq = rope_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.exit_query_cache: ExitQueryCache | None = None
+        # Rotary tables of every cached position, built with the caches: decoding slices them.
+        self.register_buffer("rope_cos", None, persistent=False)
+        self.register_buffer("rope_sin", None, persistent=False)
 
     @property
     def n_layers(self) -> int:
@@ -143,7 +152,8 @@ class Transformer(nn.Module):
 
     def setup_caches(self, max_seq_len: int, exit_query_len: int = 0, batch: int = 1) -> None:
         """Preallocate the KV cache (and exit-query cache) once; reused while large enough."""
-        dtype, device = self.output.weight.dtype, self.output.weight.device
+        # The embedding is never quantised: its dtype is the activations' dtype.
+        dtype, device = self.tok_embeddings.weight.dtype, self.tok_embeddings.weight.device
         max_seq_len = min(max_seq_len, self.config.max_seq_len)
         current = self.layers[0].attention.kv_cache
         if current is None or current.max_seq_len < max_seq_len or current.k.shape[0] != batch:
@@ -154,11 +164,14 @@ class Transformer(nn.Module):
         eq = self.exit_query_cache
         if exit_query_len and (eq is None or eq.capacity < exit_query_len or eq.h.shape[0] != batch):
             self.exit_query_cache = ExitQueryCache(batch, exit_query_len, self.config.dim, dtype).to(device)
+        if self.rope_cos is None or self.rope_cos.shape[0] < max_seq_len or self.rope_cos.dtype != dtype:
+            self.rope_cos, self.rope_sin = rope_tables(self.inv_freq, 0, max_seq_len, dtype)
 
     def clear_caches(self) -> None:
         for layer in self.layers:
             layer.attention.kv_cache = None
         self.exit_query_cache = None
+        self.rope_cos = self.rope_sin = None
 
     def attention_context(self, start: int | None, length: int, device: torch.device) -> AttentionContext:
         """Rotary tables and mask for `length` tokens at positions start..start+length-1.
@@ -166,11 +179,10 @@ class Transformer(nn.Module):
         start=None means no cache: positions 0..length-1 with plain causal attention.
         """
         offset = 0 if start is None else start
-        pos = torch.arange(offset, offset + length, device=device, dtype=torch.float32)
-        angles = torch.outer(pos, self.inv_freq)
-        angles = torch.cat((angles, angles), dim=-1)
-        dtype = self.output.weight.dtype
-        cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+        if self.rope_cos is not None and offset + length <= self.rope_cos.shape[0]:
+            cos, sin = self.rope_cos[offset : offset + length], self.rope_sin[offset : offset + length]
+        else:
+            cos, sin = rope_tables(self.inv_freq, offset, length, self.tok_embeddings.weight.dtype)
         if length == 1:
             return AttentionContext(cos, sin, None, False, start)
         if start is None or start == 0:

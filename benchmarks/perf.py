@@ -1,0 +1,221 @@
+"""CPU decoding speed of layerskip against HF transformers, the memory bound and llama.cpp, in one run.
+
+    python benchmarks/perf.py                      # SmolLM2-135M (embedded GGUF), 128 new tokens
+    python benchmarks/perf.py --new-tokens 64 --rounds 2 --threads 2
+
+Every row of a table is measured in the same process, interleaved round by round (A B C A B C ...)
+so that load from other processes hits all alike; a row reports the best round (contention only
+ever adds time) and the ratio of bests. Speeds are new tokens over the whole generate call
+(prefill included, the same for both libraries), batch 1, greedy.
+
+Perfect-draft model: o_proj and down_proj of layers 8..29 zeroed (in ours and in HF's copy), so
+those layers are the identity and an exit at E = 8 is accepted 100 %; self-speculation then
+runs E = 8, k = 6 in both libraries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from layerskip import GenerationConfig, generate_ids, load_model
+from layerskip.bench.cost_model import measure_costs, measure_read_bandwidth
+from layerskip.model.loading import LoadedModel
+from layerskip.model.quantize import quantize
+from layerskip.model.synthetic import silence_layers
+
+PROMPTS = ["def fibonacci(n):", "The capital of France is", "Once upon a time, there was"]
+EXIT, K = 8, 6
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes one autoregressive token reads: every layer's weights and the head (quantised too)."""
+    tensors = list(model.layers.parameters())
+    tensors += [t for name, t in model.layers.named_buffers() if "kv_cache" not in name]
+    tensors += list(model.output.parameters()) + list(model.output.buffers()) + [model.norm.weight]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def with_model(lm: LoadedModel, model: torch.nn.Module) -> LoadedModel:
+    return replace(lm, model=model)
+
+
+def perfect_draft(lm: LoadedModel) -> LoadedModel:
+    return with_model(lm, silence_layers(copy.deepcopy(lm.model), EXIT))
+
+
+def variants(lm: LoadedModel) -> dict[str, LoadedModel]:
+    """The float32 model, a bfloat16 copy and weight-only int8 / int4 copies (bfloat16 activations)."""
+    out = {"float32": lm, "bfloat16": with_model(lm, copy.deepcopy(lm.model).to(torch.bfloat16))}
+    return out | {mode: with_model(lm, quantize(copy.deepcopy(lm.model), mode)) for mode in ("int8", "int4")}
+
+
+def ours(lm: LoadedModel, strategy: str, n: int, **kw) -> Callable[[list[int]], list[int]]:
+    extra = dict(exit_layer=EXIT, num_speculations=K) if strategy == "self_speculative" else {}
+    cfg = GenerationConfig(strategy=strategy, max_new_tokens=n, ignore_eos=True, **extra, **kw)
+    return lambda ids: generate_ids(lm, ids, cfg).token_ids
+
+
+def hf_runner(hf, n: int, early_exit: bool) -> Callable[[list[int]], list[int]]:
+    extra = {}
+    if early_exit:  # same algorithm as ours: k fixed, no confidence cut-off
+        extra = dict(assistant_early_exit=EXIT, num_assistant_tokens=K, num_assistant_tokens_schedule="constant",
+                     assistant_confidence_threshold=0.0)
+
+    def run(ids: list[int]) -> list[int]:
+        with torch.inference_mode():
+            out = hf.generate(torch.tensor([ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                              pad_token_id=0, eos_token_id=None, **extra)
+        return out[0, len(ids):].tolist()
+
+    return run
+
+
+def hf_models(path: Path) -> dict[str, torch.nn.Module]:
+    """HF LlamaForCausalLM from the same GGUF, float32 and bfloat16, plain and perfect-draft."""
+    from transformers import AutoModelForCausalLM
+
+    f32 = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    perfect = copy.deepcopy(f32)
+    with torch.no_grad():
+        for layer in perfect.model.layers[EXIT:]:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+    return {"f32": f32, "bf16": copy.deepcopy(f32).to(torch.bfloat16), "perfect_f32": perfect,
+            "perfect_bf16": copy.deepcopy(perfect).to(torch.bfloat16)}
+
+
+def race(runners: dict[str, Callable[[list[int]], list[int]]], prompts: list[list[int]], n: int,
+         rounds: int) -> tuple[dict[str, float], dict[str, list[list[int]]]]:
+    """Best tokens/s of each runner over `rounds` interleaved rounds of all prompts; the outputs."""
+    for run in runners.values():
+        run(prompts[0][:4])  # warm-up: first-call allocations, lazy imports
+    best = dict.fromkeys(runners, 0.0)
+    outputs: dict[str, list[list[int]]] = {}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            t0, outs = time.perf_counter(), [run(ids) for ids in prompts]
+            best[name] = max(best[name], n * len(prompts) / (time.perf_counter() - t0))
+            outputs[name] = outs
+    return best, outputs
+
+
+def table(title: str, rows: list[tuple[str, str]]) -> None:
+    print(f"\n### {title}\n\n| | |\n|---|---|")
+    for a, b in rows:
+        print(f"| {a} | {b} |")
+
+
+def peak_rss_mib(strategy: str, n: int, threads: int) -> float:
+    """Peak RSS of a fresh process that loads the model and generates with `strategy`."""
+    cmd = [sys.executable, __file__, "--rss-child", strategy, "--new-tokens", str(n), "--threads", str(threads)]
+    return float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()[-1])
+
+
+def rss_child(strategy: str, n: int) -> None:
+    lm = load_model()
+    ours(lm, strategy, n)(lm.tokenizer(PROMPTS[0]).input_ids)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB on Linux
+
+
+def llama_cpp_speed(path: Path, n: int, threads: int, rounds: int) -> str:
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return "llama-cpp-python not installed (its build did not finish within 10 min here)"
+    llm = Llama(str(path), n_threads=threads, verbose=False, n_ctx=512)
+    best = 0.0
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for p in PROMPTS:
+            llm(p, max_tokens=n, temperature=0.0, ignore_eos=True)
+        best = max(best, n * len(PROMPTS) / (time.perf_counter() - t0))
+    return f"{best:.1f} tok/s"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    n = args.new_tokens
+    if args.rss_child:
+        return rss_child(args.rss_child, n)
+
+    f32 = load_model()
+    prompts = [f32.tokenizer(p).input_ids for p in PROMPTS]
+    models = variants(f32)
+    perfect = variants(perfect_draft(f32))  # silenced before quantising: a zero int4 code is not 0.0
+    hf = {} if args.skip_hf else hf_models(f32.path)
+    print(f"# layerskip perf: SmolLM2-135M, {n} new tokens x {len(prompts)} prompts, greedy, batch 1, "
+          f"{args.threads} threads, best of {args.rounds} interleaved rounds")
+
+    runners = {f"ours {d}": ours(lm, "autoregressive", n) for d, lm in models.items()}
+    runners |= {f"HF {d}": hf_runner(hf[k], n, False) for d, k in (("float32", "f32"), ("bfloat16", "bf16")) if hf}
+    ar, ar_out = race(runners, prompts, n, args.rounds)
+    rows = [(name, f"{tps:.1f} tok/s") for name, tps in ar.items()]
+    if hf:
+        for d in ("float32", "bfloat16"):
+            rows.append((f"ours / HF {d}", f"{ar[f'ours {d}'] / ar[f'HF {d}']:.2f}x"))
+        rows.append(("greedy tokens ours == HF (float32)", str(ar_out["ours float32"] == ar_out["HF float32"])))
+    table("Autoregressive", rows)
+
+    runners = {f"ours {d} AR": ours(lm, "autoregressive", n) for d, lm in perfect.items()}
+    runners |= {f"ours {d} self-spec": ours(lm, "self_speculative", n) for d, lm in perfect.items()}
+    for d, k in (("float32", "perfect_f32"), ("bfloat16", "perfect_bf16")):
+        if hf:
+            runners[f"HF {d} assistant_early_exit"] = hf_runner(hf[k], n, True)
+    ss, ss_out = race(runners, prompts, n, args.rounds)
+    rows = [(name, f"{tps:.1f} tok/s") for name, tps in ss.items()]
+    for d in perfect:
+        same = ss_out[f"ours {d} self-spec"] == ss_out[f"ours {d} AR"]
+        rows.append((f"ours {d}: self-spec == AR tokens", str(same)))
+        rows.append((f"ours {d}: self-spec / AR", f"{ss[f'ours {d} self-spec'] / ss[f'ours {d} AR']:.2f}x"))
+    if hf:
+        for d in ("float32", "bfloat16"):
+            ratio = ss[f"ours {d} self-spec"] / ss[f"HF {d} assistant_early_exit"]
+            rows.append((f"ours / HF early exit, {d}", f"{ratio:.2f}x"))
+    fastest = max(ss, key=ss.get)
+    rows.append(("fastest exact configuration", f"{fastest}: {ss[fastest]:.1f} tok/s"))
+    table(f"Perfect-draft model, E={EXIT}, k={K}", rows)
+
+    bandwidth = measure_read_bandwidth()
+    rows = [("measured read bandwidth (sum of 256 MiB)", f"{bandwidth / 1e9:.1f} GB/s")]
+    for d, lm in models.items():
+        wb = weight_bytes(lm.model)
+        tps = ar[f"ours {d}"]
+        rows.append((f"{d}: weights read per token", f"{wb / 1e6:.0f} MB"))
+        reached = f"{wb * tps / 1e9:.1f} GB/s = {wb * tps / bandwidth:.0%} of bound ({bandwidth / wb:.0f} tok/s)"
+        rows.append((f"{d}: AR weight stream reached", reached))
+        costs = measure_costs(perfect[d].model, max_tokens=K + 1, bandwidth=False)
+        bound = (K + 1) / costs.round_s(EXIT, K)
+        rows.append((f"{d}: self-spec vs cost-model bound (alpha=1)",
+                     f"{ss[f'ours {d} self-spec']:.1f} / {bound:.1f} tok/s = {ss[f'ours {d} self-spec'] / bound:.0%}"))
+    table("Against the bound", rows)
+
+    ar_rss, ss_rss = (peak_rss_mib(s, n, args.threads) for s in ("autoregressive", "self_speculative"))
+    table("Peak RSS (float32, separate processes)", [
+        ("autoregressive", f"{ar_rss:.0f} MiB"), ("self-speculative", f"{ss_rss:.0f} MiB"),
+        ("self-spec / AR", f"{ss_rss / ar_rss:.3f}"),
+    ])
+    table("llama.cpp on the same GGUF (Q4_1)", [("autoregressive", llama_cpp_speed(f32.path, n, args.threads,
+                                                                                  args.rounds))])
+    print("\n" + json.dumps({"autoregressive": ar, "perfect_draft": ss}, indent=None))
+
+
+if __name__ == "__main__":
+    main()
