@@ -19,6 +19,7 @@ def _torchrun(out, steps):
         "-m", "layerskip.cli", "train", "--config", TINY,
         f"run.output_dir={out}", "run.progress=false", f"optim.max_steps={steps}", "run.save_every=2",
         "optim.batch_size=2", "model.tokenizer=default", "model.init.vocab_size=49152",
+        "run.eval_at_start=false", "data.max_eval_tokens=256",
         "layer_dropout.curriculum=none",  # dropout from the first step: every rank joins every layer
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
