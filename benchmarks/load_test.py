@@ -146,7 +146,7 @@ async def client(i: int, http: httpx.AsyncClient, bodies: list[dict], expected: 
 async def run(url: str, args: argparse.Namespace) -> Tally:
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     limits = httpx.Limits(max_connections=args.clients + 4)
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=args.request_timeout, limits=limits) as http:
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=args.timeout + 30, limits=limits) as http:
         model = (await http.get("/v1/models")).json()["data"][0]["id"]
         bodies = [{"model": model, "prompt": p, "max_tokens": args.max_tokens, "temperature": 0, "stream": True,
                    "stream_options": {"include_usage": True}} for p in PROMPTS]
@@ -199,7 +199,9 @@ def main() -> int:
     p.add_argument("--max-queue", type=int, default=8, help="the started server's queue (requests beyond get 503)")
     p.add_argument("--strategy", default="autoregressive")
     p.add_argument("--api-key", default=None)
-    p.add_argument("--request-timeout", type=float, default=120.0)
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="the started server's per-request timeout; clients wait 30 s longer, so a slow answer "
+                        "shows up as the server's 504, not as a client-side timeout")
     args = p.parse_args()
     if args.url is not None and urlparse(args.url).hostname not in LOOPBACK:
         raise SystemExit("--url must be a loopback address")
@@ -208,7 +210,7 @@ def main() -> int:
     if url is None:
         model = str(tiny_model(Path(tmp.name))) if args.model == "tiny" else args.model
         port = free_port()
-        extra = ["--max-queue", str(args.max_queue), "--strategy", args.strategy]
+        extra = ["--max-queue", str(args.max_queue), "--strategy", args.strategy, "--timeout", str(args.timeout)]
         extra += ["--api-key", args.api_key] if args.api_key else []
         server, url = start_server(model, port, extra), f"http://127.0.0.1:{port}"
     try:
