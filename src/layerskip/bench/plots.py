@@ -56,10 +56,12 @@ def grid_figure(exit_layers: Sequence[int], ks: Sequence[int], values: dict[str,
     for ax, (title, grid) in zip(axes[0], values.items()):
         im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis")
         fig.colorbar(im, ax=ax)
+        mid = np.nanmean([np.nanmin(grid), np.nanmax(grid)])
         for i in range(len(exit_layers)):
             for j in range(len(ks)):
                 if not np.isnan(grid[i, j]):
-                    ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", color="white", fontsize=8)
+                    colour = "black" if grid[i, j] > mid else "white"  # readable on viridis
+                    ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", color=colour, fontsize=9)
         ax.add_patch(plt.Rectangle((bj - 0.5, bi - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
         ax.set_xticks(range(len(ks)), [str(k) for k in ks])
         ax.set_yticks(range(len(exit_layers)), [str(e) for e in exit_layers])
