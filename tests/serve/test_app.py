@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import openai
@@ -13,12 +14,28 @@ import pytest
 from layerskip.cli import main
 from layerskip.generation.config import GenerationConfig
 from layerskip.generation.generate import generate
+from layerskip.model.loading import LoadedModel, load_model
 from layerskip.serve import ServerConfig, create_app
+from layerskip.serve.background import serving
 
-from .live_server import API_KEY, serving
-
+API_KEY = "test-key"
 PROMPT = "The quick brown fox"
 GREEDY = {"temperature": 0, "max_tokens": 40}
+
+
+@pytest.fixture(scope="module")
+def tiny_url(tiny: LoadedModel) -> Iterator[str]:
+    """The tiny model served with an API key, tiny limits and the default (greedy) settings."""
+    cfg = ServerConfig(api_key=API_KEY, served_model_name="tiny", max_tokens=64, max_prompt_tokens=200,
+                       max_body_bytes=4096)
+    with serving(create_app(tiny, cfg)) as url:
+        yield url
+
+
+@pytest.fixture
+def own_tiny(tiny_dir) -> LoadedModel:
+    """A private copy of the tiny model, for servers that run beside the shared one."""
+    return load_model(str(tiny_dir))
 
 
 def client(url: str, key: str | None = API_KEY) -> openai.OpenAI:
@@ -264,8 +281,6 @@ def test_client_leaving_a_queued_stream_frees_its_slot(own_tiny):
 
 
 def test_health_is_503_while_loading(tiny_dir):
-    from layerskip.model.loading import load_model
-
     go = threading.Event()
 
     def loader():
@@ -282,8 +297,6 @@ def test_health_is_503_while_loading(tiny_dir):
 
 
 def test_health_reports_a_failed_load(tmp_path):
-    from layerskip.model.loading import load_model
-
     with serving(create_app(lambda: load_model(str(tmp_path)))) as url:
         _wait_for(lambda: httpx.get(f"{url}/health").json()["status"] == "failed")
         assert "config.json" in httpx.get(f"{url}/health").json()["detail"]

@@ -12,8 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from layerskip.serve import ServerConfig, create_app
-
-from .live_server import serving
+from layerskip.serve.background import serving
 
 
 @pytest.fixture(scope="module")
