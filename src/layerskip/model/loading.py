@@ -13,9 +13,10 @@ from typing import Any
 import torch
 
 from layerskip.errors import LayerSkipError
-from layerskip.model import weights
+from layerskip.model import weight_cache, weights
 from layerskip.model.config import ModelConfig
 from layerskip.model.llama import Transformer, rope_frequencies
+from layerskip.model.quantize import ACTIVATION_DTYPE, QUANT_MODES, quantize
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _DEFAULT_ALIASES = {DEFAULT_MODEL, "default", "smollm2", "SmolLM2-135M-Instruct"}
@@ -116,7 +117,8 @@ def load_model(
 
     `adapter`: a peft LoRA adapter directory (from `layerskip train`) folded into the weights.
     """
-    torch_dtype = parse_dtype(dtype)
+    quant = dtype if dtype in QUANT_MODES else None  # weight-only int8/int4, bfloat16 activations
+    torch_dtype = ACTIVATION_DTYPE if quant else parse_dtype(dtype)
     path = resolve(name)
     cfg = load_config(path)
     sd = _load_gguf_state_dict(path, cfg) if path.suffix == ".gguf" else _load_hf_state_dict(path, cfg)
@@ -129,6 +131,8 @@ def load_model(
     if adapter is not None:
         _apply_adapter(model, Path(adapter))
     model = model.to(device=device, dtype=torch_dtype).eval().requires_grad_(False)
+    if quant:
+        quantize(model, quant)
     return LoadedModel(model, load_tokenizer(path), name or DEFAULT_MODEL, path)
 
 
@@ -189,11 +193,14 @@ def read_gguf_fields(reader: Any) -> dict[str, Any]:
 def _load_gguf_state_dict(path: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
     from gguf.quants import dequantize
 
-    reader = _gguf_reader(path)
-    try:
-        tensors = {t.name: dequantize(t.data, t.tensor_type) for t in reader.tensors}
-    except Exception as e:
-        raise LayerSkipError(f"cannot dequantize {path}: corrupt or truncated GGUF ({e})") from e
+    tensors = weight_cache.load(path)
+    if tensors is None:
+        reader = _gguf_reader(path)
+        try:
+            tensors = {t.name: dequantize(t.data, t.tensor_type) for t in reader.tensors}
+        except Exception as e:
+            raise LayerSkipError(f"cannot dequantize {path}: corrupt or truncated GGUF ({e})") from e
+        weight_cache.save(path, tensors)
     return weights.from_gguf(tensors, cfg)
 
 
