@@ -82,7 +82,7 @@ def from_gguf(tensors: dict[str, np.ndarray], cfg: ModelConfig) -> dict[str, Ten
     def get(name: str) -> Tensor:
         if name not in tensors:
             raise LayerSkipError(f"GGUF file is missing tensor {name!r} (truncated or not a Llama model?)")
-        return torch.from_numpy(np.array(tensors[name], dtype=np.float32))
+        return torch.from_numpy(np.asarray(tensors[name]).view(np.ndarray).astype(np.float32, copy=True))
 
     out: dict[str, Tensor] = {}
     for ours, _, gg in _TOP_RENAMES:
