@@ -139,10 +139,15 @@ def time_calls(fns: list[Callable[[], Any]], device: torch.device, repeats: int,
 
 
 def weight_bytes(model: Transformer) -> int:
-    """Bytes of the weights one autoregressive token reads (the embedding is a row lookup)."""
-    layers = sum(p.numel() * p.element_size() for p in model.layers.parameters())
-    head = sum(p.numel() * p.element_size() for p in (model.output.weight, model.norm.weight))
-    return layers + head
+    """Bytes of the weights one autoregressive token reads: every layer and the head, quantised
+    ones included (their weights are buffers); the embedding is a row lookup, caches are not weights."""
+
+    def nbytes(module: torch.nn.Module) -> int:
+        tensors = [p for _, p in module.named_parameters()]
+        tensors += [b for name, b in module.named_buffers() if "cache" not in name]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    return nbytes(model.layers) + nbytes(model.output) + nbytes(model.norm)
 
 
 @torch.inference_mode()
@@ -169,7 +174,8 @@ def measure_costs(
     """
     if max_tokens < 1:
         raise LayerSkipError(f"max_tokens must be >= 1, got {max_tokens}")
-    device, dtype = model.output.weight.device, model.output.weight.dtype
+    emb = model.tok_embeddings.weight  # never quantised: its dtype is the activations'
+    device, dtype = emb.device, emb.dtype
     context = min(context, model.config.max_seq_len - max_tokens)
     model.setup_caches(context + max_tokens)
     layer, dim = model.layers[0], model.config.dim
