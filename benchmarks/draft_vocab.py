@@ -41,7 +41,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--corpus-files", type=int, default=60)
     ap.add_argument("--ranking-out", default="/tmp/layerskip_draft_ranking.json")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
 
     lm = load_model()
     ranking = rank_tokens(lm.tokenizer, stdlib_corpus(args.corpus_files))

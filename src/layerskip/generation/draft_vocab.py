@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from layerskip.errors import LayerSkipError
-from layerskip.model.llama import Transformer
+from layerskip.model.llama import Transformer, decoding_layout
 
 
 @dataclass
@@ -95,7 +95,8 @@ def restrict_rows(head: nn.Module, ids: Tensor) -> nn.Module:
     """A linear head (float or quantised) over the rows `ids` only."""
     if isinstance(head, nn.Linear):
         reduced = nn.Linear(head.in_features, len(ids), bias=False, device=ids.device, dtype=head.weight.dtype)
-        reduced.weight = nn.Parameter(head.weight.detach()[ids].contiguous(), requires_grad=False)
+        reduced.weight = nn.Parameter(head.weight.detach()[ids], requires_grad=False)
+        decoding_layout(reduced)
         return reduced
     if hasattr(head, "rows"):
         return head.rows(ids)
