@@ -152,8 +152,6 @@ class Transformer(nn.Module):
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        inv_freq = rope_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.exit_query_cache: ExitQueryCache | None = None
         # Rotary tables of every cached position, built with the caches: decoding slices them.
         self.register_buffer("rope_cos", None, persistent=False)
@@ -184,8 +182,13 @@ class Transformer(nn.Module):
         if exit_query_len and (eq is None or eq.capacity < exit_query_len or eq.h.shape[0] != batch):
             self.exit_query_cache = ExitQueryCache(batch, exit_query_len, self.config.dim, dtype).to(device)
         if self.rope_cos is None or self.rope_cos.shape[0] < max_seq_len or self.rope_cos.dtype != dtype:
-            self.rope_cos, self.rope_sin = rope_tables(self.inv_freq, 0, max_seq_len, dtype)
+            self.rope_cos, self.rope_sin = rope_tables(self.inv_freq(device), 0, max_seq_len, dtype)
         decoding_layout(self)
+
+    def inv_freq(self, device: torch.device) -> Tensor:
+        """Rotary frequencies, always float32: a buffer would be rounded by `model.to(bfloat16)`."""
+        cfg = self.config
+        return rope_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling).to(device)
 
     def clear_caches(self) -> None:
         for layer in self.layers:
@@ -202,7 +205,7 @@ class Transformer(nn.Module):
         if self.rope_cos is not None and offset + length <= self.rope_cos.shape[0]:
             cos, sin = self.rope_cos[offset : offset + length], self.rope_sin[offset : offset + length]
         else:
-            cos, sin = rope_tables(self.inv_freq, offset, length, self.tok_embeddings.weight.dtype)
+            cos, sin = rope_tables(self.inv_freq(device), offset, length, self.tok_embeddings.weight.dtype)
         if length == 1:
             return AttentionContext(cos, sin, None, False, start)
         if start is None or start == 0:

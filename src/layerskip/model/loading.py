@@ -15,7 +15,7 @@ import torch
 from layerskip.errors import LayerSkipError
 from layerskip.model import weight_cache, weights
 from layerskip.model.config import ModelConfig
-from layerskip.model.llama import Transformer, rope_frequencies
+from layerskip.model.llama import Transformer
 from layerskip.model.quantize import ACTIVATION_DTYPE, QUANT_MODES, quantize
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -127,7 +127,6 @@ def load_model(
     model.load_state_dict(sd, strict=True, assign=True)
     if cfg.tie_word_embeddings:
         model.output.weight = model.tok_embeddings.weight
-    model.inv_freq = rope_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
     if adapter is not None:
         _apply_adapter(model, Path(adapter))
     model = model.to(device=device, dtype=torch_dtype).eval().requires_grad_(False)
