@@ -7,7 +7,7 @@ import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from layerskip.generation.output import GenerationResult
+from layerskip.generation.output import GenerationResult, SpeculationStats
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
@@ -84,13 +84,16 @@ class SpeedSummary:
 
     @property
     def acceptance_rate(self) -> float:
-        return self.num_accepted / self.num_drafted if self.num_drafted else 0.0
+        return self._speculation().acceptance_rate
 
     @property
     def mean_accepted_length(self) -> float:
         """Tokens per verification, the verifier's own token included."""
-        v = self.num_verifications
-        return (self.num_accepted + v) / v if v else 0.0
+        return self._speculation().mean_accepted_length
+
+    def _speculation(self) -> SpeculationStats:
+        """The counts as SpeculationStats, which owns the formulas."""
+        return SpeculationStats(self.num_drafted, self.num_accepted, self.num_verifications)
 
 
 def summarize_speed(results: Sequence[GenerationResult]) -> SpeedSummary:

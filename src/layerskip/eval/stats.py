@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from layerskip.generation.output import GenerationResult
+from layerskip.generation.output import GenerationResult, SpeculationStats
 
 
 @dataclass
@@ -31,13 +31,16 @@ class GenerationTotals:
 
     @property
     def acceptance_rate(self) -> float:
-        return self.num_accepted / self.num_drafted if self.num_drafted else 0.0
+        return self._speculation().acceptance_rate
 
     @property
     def mean_accepted_length(self) -> float:
         """Tokens per verification, the verifier's own token included."""
-        v = self.num_verifications
-        return (self.num_accepted + v) / v if v else 0.0
+        return self._speculation().mean_accepted_length
+
+    def _speculation(self) -> SpeculationStats:
+        """The counts as SpeculationStats, which owns the formulas."""
+        return SpeculationStats(self.num_drafted, self.num_accepted, self.num_verifications)
 
     def to_dict(self) -> dict[str, Any]:
         def rate(n: float, t: float) -> float:
