@@ -62,5 +62,6 @@ def test_measure_costs_on_tiny(tiny):
     assert c.n_layers == 4 and c.max_tokens == 3
     assert all(t > 0 for t in c.layer_s + c.head_s) and c.call_s > 0
     assert c.read_bandwidth_bytes_per_s is None and c.autoregressive_bound_tokens_per_s() is None
-    assert c.weight_bytes == sum(p.numel() * 4 for p in tiny.model.layers.parameters()) + 4 * (105 * 64 + 64)
+    layers = sum(v.numel() * 4 for k, v in tiny.model.state_dict().items() if k.startswith("layers."))
+    assert c.weight_bytes == layers + 4 * (105 * 64 + 64)  # + head and final norm
     assert c.to_dict()["autoregressive_token_s"] == pytest.approx(c.autoregressive_token_s())

@@ -1,24 +1,69 @@
-"""The decoding layout: float32 weights transposed in memory by setup_caches, nothing else changes."""
+"""The decoding layout: setup_caches packs linear weights for oneDNN (the tied head is transposed
+in float32 instead), outputs do not change beyond float rounding, clear_caches restores the exact
+plain weights."""
 
+import pytest
 import torch
+from safetensors.torch import load_file
+from torch import nn
 
+from layerskip.model.packing import PackedLinear, decoding_linear
+from layerskip.model.saving import save_pretrained
 from layerskip.model.synthetic import random_model
 
 from ..conftest import tiny_config
 
 
-def test_setup_caches_transposes_float32_weights_and_keeps_values_and_ties():
-    model = random_model(tiny_config(tie_word_embeddings=True), std=0.2)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_setup_caches_packs_and_clear_caches_restores_exact_weights(dtype):
+    model = random_model(tiny_config(tie_word_embeddings=True), std=0.2).to(dtype)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ids = torch.arange(3, 30)[None]
     with torch.no_grad():
-        ref = model(ids)
+        ref = model(ids).float()
         model.setup_caches(64)
-        out = model(ids)
-    w = model.layers[0].feed_forward.w13.weight
-    assert w.stride() == (1, w.shape[0])
+        out = model(ids).float()
+    assert isinstance(model.layers[0].feed_forward.w13, PackedLinear)
+    assert isinstance(model.output, nn.Linear), "a head tied to the embedding is not packed twice"
     assert model.output.weight is model.tok_embeddings.weight
+    if dtype == torch.float32:
+        w = model.output.weight
+        assert w.stride() == (1, w.shape[0])
+    tol = 1e-4 if dtype == torch.float32 else 5e-2
+    assert torch.allclose(ref, out, atol=tol, rtol=tol)
+    model.clear_caches()
+    assert not any(isinstance(m, PackedLinear) for m in model.modules())
+    assert before.keys() == model.state_dict().keys()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert torch.equal(ref, out)
-    model.to(torch.bfloat16).setup_caches(64)
-    assert model.layers[0].feed_forward.w13.weight.is_contiguous()
+
+
+def test_untied_head_is_packed_and_a_packed_model_saves_its_plain_weights(tmp_path):
+    model = random_model(tiny_config(tie_word_embeddings=False), std=0.2)
+    head = model.output.weight.detach().clone()
+    model.setup_caches(32)
+    assert isinstance(model.output, PackedLinear)
+    save_pretrained(model, tmp_path)
+    assert torch.equal(load_file(tmp_path / "model.safetensors")["lm_head.weight"], head)
+
+
+def test_packed_layers_refuse_training():
+    layer = decoding_linear(torch.randn(8, 4))
+    with pytest.raises(RuntimeError, match="clear_caches"):
+        layer(torch.randn(2, 4, requires_grad=True))
+
+
+def test_reduced_rows_of_a_packed_head_match_the_dense_rows():
+    w = torch.randn(50, 16)
+    ids = torch.tensor([3, 7, 41])
+    x = torch.randn(1, 2, 16)
+    reduced = PackedLinear(w).rows(ids)
+    torch.testing.assert_close(reduced(x), x @ w[ids].T, atol=1e-5, rtol=1e-5)
+
+
+def test_state_dict_of_a_packed_model_has_the_plain_weights():
+    model = random_model(tiny_config(tie_word_embeddings=False), std=0.2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.setup_caches(32)
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)

@@ -83,7 +83,7 @@ def tuned_values(args: argparse.Namespace) -> dict[str, Any]:
 
 def load_for_measurement(args: argparse.Namespace) -> LoadedModel:
     """Load --model; with --perfect-draft-from E, silence layers >= E (a test and benchmark aid)."""
-    loaded = load_model(args.model, args.dtype, args.device)
+    loaded = load_model(args.model, args.dtype, args.device, adapter=args.adapter, compile=args.compile)
     e = getattr(args, "perfect_draft_from", None)
     if e is not None:
         if not 1 <= e < loaded.config.n_layers:

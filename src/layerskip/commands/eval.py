@@ -48,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
         "num_speculations": args.num_speculations,
         "dtype": args.dtype,
         "device": args.device,
+        "adapter": args.adapter,
+        "compile": args.compile,
     }
     from lm_eval.utils import make_table
 

@@ -7,11 +7,16 @@ import json
 import sys
 from typing import TextIO
 
-from layerskip.commands.common import add_generation_arguments, add_model_arguments, generation_config
+from layerskip.commands.common import (
+    add_generation_arguments,
+    add_model_arguments,
+    generation_config,
+    load_from_args,
+)
 from layerskip.generation.generate import generate, model_eos_ids
 from layerskip.generation.output import ACCEPTED, REJECTED, GenerationResult, TokenCallback
 from layerskip.generation.streaming import TextStream
-from layerskip.model.loading import LoadedModel, load_model
+from layerskip.model.loading import LoadedModel
 
 _COLOURS = {ACCEPTED: "\033[32m", REJECTED: "\033[9;31m"}  # green; red struck through
 _MARKERS = {ACCEPTED: ("[+", "]"), REJECTED: ("[-", "]")}
@@ -29,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = generation_config(args)  # validate flags before the slow model load
-    loaded = load_model(args.model, args.dtype, args.device)
+    loaded = load_from_args(args)
     if args.json:
         print(json.dumps(generate(loaded, args.prompt, cfg).to_dict()))
         return 0

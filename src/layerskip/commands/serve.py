@@ -7,8 +7,13 @@ import argparse
 import os
 from dataclasses import fields
 
-from layerskip.commands.common import add_generation_arguments, add_model_arguments, generation_config
-from layerskip.model.loading import DEFAULT_MODEL, load_model, resolve
+from layerskip.commands.common import (
+    add_generation_arguments,
+    add_model_arguments,
+    generation_config,
+    load_from_args,
+)
+from layerskip.model.loading import DEFAULT_MODEL, resolve
 from layerskip.serve.config import ServerConfig
 
 _DEFAULTS = {f.name: f.default for f in fields(ServerConfig) if not callable(f.default_factory)}
@@ -58,6 +63,6 @@ def run(args: argparse.Namespace) -> int:
     resolve(args.model)
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and cfg.api_key is None:
         print(f"warning: serving on {cfg.host} without --api-key: anyone who can reach it can use it")
-    app = create_app(lambda: load_model(args.model, args.dtype, args.device), cfg)
+    app = create_app(lambda: load_from_args(args), cfg)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=args.log_level, timeout_graceful_shutdown=5)
     return 0

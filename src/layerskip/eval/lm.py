@@ -48,6 +48,8 @@ class LayerSkipLM(TemplateLM):
         num_speculations: int = GenerationConfig.num_speculations,
         dtype: str = "float32",
         device: str | None = None,
+        adapter: str | None = None,
+        compile: bool = False,
         batch_size: int | str = 1,
         max_batch_size: int | None = None,  # lm-eval always passes it; it only applies to batch_size=auto
         max_length: int | None = None,
@@ -62,7 +64,7 @@ class LayerSkipLM(TemplateLM):
         if isinstance(pretrained, LoadedModel):  # already loaded, e.g. shared by tests
             self.loaded = pretrained
         else:
-            self.loaded = load_model(pretrained, dtype, _device(device))
+            self.loaded = load_model(pretrained, dtype, _device(device), adapter=adapter, compile=compile)
         cfg = self.loaded.config
         resolved = requested.resolve_exit_layer(cfg.n_layers, cfg.recommended_exit_layer)
         self.generation = replace(requested, exit_layer=resolved)

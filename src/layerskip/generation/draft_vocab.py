@@ -26,7 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from layerskip.errors import LayerSkipError
-from layerskip.model.llama import Transformer, decoding_layout
+from layerskip.model.llama import Transformer
+from layerskip.model.packing import decoding_linear
 
 
 @dataclass
@@ -94,10 +95,7 @@ def select_ids(ranking: list[int] | None, size: int | None, vocab_size: int, alw
 def restrict_rows(head: nn.Module, ids: Tensor) -> nn.Module:
     """A linear head (float or quantised) over the rows `ids` only."""
     if isinstance(head, nn.Linear):
-        reduced = nn.Linear(head.in_features, len(ids), bias=False, device=ids.device, dtype=head.weight.dtype)
-        reduced.weight = nn.Parameter(head.weight.detach()[ids], requires_grad=False)
-        decoding_layout(reduced)
-        return reduced
+        return decoding_linear(head.weight.detach()[ids])
     if hasattr(head, "rows"):
         return head.rows(ids)
     raise LayerSkipError(f"cannot reduce the vocabulary of a {type(head).__name__} head")

@@ -16,25 +16,7 @@ from torch import Tensor, nn
 
 from layerskip.model.cache import ExitQueryCache, KVCache
 from layerskip.model.config import ModelConfig, RopeScaling
-
-
-@torch.no_grad()
-def decoding_layout(module: nn.Module) -> None:
-    """Store float32 CPU weights transposed in memory (same shape and values, strides (1, out)).
-
-    MKL's float32 matrix-vector product streams a weight laid out [in, out] about 1.5x faster
-    end to end than [out, in] (docs/performance.md); bfloat16 kernels prefer [out, in]. Only the
-    strides change, so state dicts, saving and training see the usual tensors. Idempotent.
-    """
-    for linear in module.modules():
-        if not isinstance(linear, nn.Linear):
-            continue
-        w = linear.weight
-        transposed = w.dtype == torch.float32 and w.device.type == "cpu"
-        if transposed and w.stride() != (1, w.shape[0]):
-            w.data = w.t().contiguous().t()
-        elif not transposed and not w.is_contiguous():
-            w.data = w.contiguous()
+from layerskip.model.packing import pack_for_decoding, unpack
 
 
 class RMSNorm(nn.Module):
@@ -168,7 +150,10 @@ class Transformer(nn.Module):
         return 0 if cache is None else cache.max_seq_len
 
     def setup_caches(self, max_seq_len: int, exit_query_len: int = 0, batch: int = 1) -> None:
-        """Preallocate the KV cache (and exit-query cache) once; reused while large enough."""
+        """Preallocate the KV cache (and exit-query cache) once; reused while large enough.
+
+        Also lays the weights out for decoding (`packing.pack_for_decoding`); `clear_caches` undoes it.
+        """
         # The embedding is never quantised: its dtype is the activations' dtype.
         dtype, device = self.tok_embeddings.weight.dtype, self.tok_embeddings.weight.device
         max_seq_len = min(max_seq_len, self.config.max_seq_len)
@@ -183,7 +168,7 @@ class Transformer(nn.Module):
             self.exit_query_cache = ExitQueryCache(batch, exit_query_len, self.config.dim, dtype).to(device)
         if self.rope_cos is None or self.rope_cos.shape[0] < max_seq_len or self.rope_cos.dtype != dtype:
             self.rope_cos, self.rope_sin = rope_tables(self.inv_freq(device), 0, max_seq_len, dtype)
-        decoding_layout(self)
+        pack_for_decoding(self, tied=self.tok_embeddings.weight)
 
     def inv_freq(self, device: torch.device) -> Tensor:
         """Rotary frequencies, always float32: a buffer would be rounded by `model.to(bfloat16)`."""
@@ -191,6 +176,8 @@ class Transformer(nn.Module):
         return rope_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling).to(device)
 
     def clear_caches(self) -> None:
+        """Drop the caches and restore plain nn.Linear weights (for training, saving, `.to()`)."""
+        unpack(self)
         for layer in self.layers:
             layer.attention.kv_cache = None
         self.exit_query_cache = None

@@ -14,6 +14,7 @@ import torch
 
 from layerskip.errors import LayerSkipError
 from layerskip.model import weight_cache, weights
+from layerskip.model.compiled import compile_layers
 from layerskip.model.config import ModelConfig
 from layerskip.model.llama import Transformer
 from layerskip.model.quantize import ACTIVATION_DTYPE, QUANT_MODES, quantize
@@ -112,10 +113,12 @@ def load_model(
     dtype: str | torch.dtype = "float32",
     device: str = "cpu",
     adapter: str | Path | None = None,
+    compile: bool = False,
 ) -> LoadedModel:
     """Load model and tokenizer; the one entry point the CLI, server, bench and eval share.
 
     `adapter`: a peft LoRA adapter directory (from `layerskip train`) folded into the weights.
+    `compile`: torch.compile every block (model/compiled.py; the first generations compile).
     """
     quant = dtype if dtype in QUANT_MODES else None  # weight-only int8/int4, bfloat16 activations
     torch_dtype = ACTIVATION_DTYPE if quant else parse_dtype(dtype)
@@ -132,6 +135,8 @@ def load_model(
     model = model.to(device=device, dtype=torch_dtype).eval().requires_grad_(False)
     if quant:
         quantize(model, quant)
+    if compile:
+        compile_layers(model)
     return LoadedModel(model, load_tokenizer(path), name or DEFAULT_MODEL, path)
 
 

@@ -106,10 +106,10 @@ def quantize(model: Transformer, mode: str, group_size: int = DEFAULT_GROUP_SIZE
     """
     if model.tok_embeddings.weight.device.type != "cpu":
         raise LayerSkipError("weight-only int8/int4 kernels are CPU kernels; load the model on cpu")
+    model.clear_caches()  # plain nn.Linear weights; caches rebuilt in the activation dtype later
     model.to(ACTIVATION_DTYPE)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
                 setattr(parent, name, quantize_linear(child, mode, group_size))
-    model.clear_caches()  # rebuilt in the activation dtype by the next setup_caches
     return model.requires_grad_(False)

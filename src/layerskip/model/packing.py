@@ -1,0 +1,114 @@
+"""Weights laid out for the fastest CPU matrix-vector product measured here.
+
+Decoding is a chain of matrix-vector products, so the kernel that streams weights fastest sets
+the speed. On the CPUs we measured (docs/performance.md), oneDNN's matmul on a weight reordered
+once into its own blocked layout beat `F.linear` (MKL for float32, a generic path for bfloat16)
+end to end by 1.1x in float32 and 1.3x in bfloat16, on one row and on a verification's k+1 rows.
+
+`pack_for_decoding(model)` swaps every eligible `nn.Linear` for a `PackedLinear` holding only the
+reordered weight (no second copy), the way `quantize` swaps in quantised modules;
+`unpack(model)` puts back `nn.Linear` modules with the identical values. `Transformer.setup_caches`
+packs and `clear_caches` unpacks, so training, saving and dtype changes, which never run after
+`setup_caches` without `clear_caches`, see the usual modules.
+
+A head tied to the embedding is not packed (that would hold the matrix twice); in float32 it is
+stored transposed instead ([in, out] in memory, same shape and values), which MKL's one-row
+product streams faster than [out, in].
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def _packable(weight: Tensor) -> bool:
+    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    if weight.dtype == torch.bfloat16:
+        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return weight.dtype == torch.float32
+
+
+@torch.library.custom_op("layerskip::packed_linear", mutates_args=())
+def packed_linear(x: Tensor, weight: Tensor) -> Tensor:
+    """The oneDNN product as an opaque op, so that torch.compile calls it rather than lowering it
+    (inductor cannot take an oneDNN-layout tensor as a graph input)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+
+
+@packed_linear.register_fake
+def _(x: Tensor, weight: Tensor) -> Tensor:
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+class PackedLinear(nn.Module):
+    """A bias-free linear layer whose weight is in oneDNN's layout: inference only."""
+
+    def __init__(self, weight: Tensor):
+        super().__init__()
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        self.trainable = weight.requires_grad  # restored by `unpack`
+        # The oneDNN layout is opaque; state_dict() shows the plain tensor (_save_to_state_dict).
+        self.register_buffer("weight", torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            raise RuntimeError("PackedLinear is for decoding; call model.clear_caches() before training")
+        if torch.compiler.is_compiling():
+            return packed_linear(x, self.weight)
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")  # no op-wrapper cost
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        destination[prefix + "weight"] = self.weight.to_dense()  # same keys and values as nn.Linear
+
+    def rows(self, ids: Tensor) -> PackedLinear:
+        """The same layer restricted to output rows `ids` (a reduced-vocabulary head)."""
+        return PackedLinear(self.weight.to_dense()[ids])
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, oneDNN layout"
+
+
+def plain_layout(weight: Tensor) -> None:
+    """float32 on CPU: transposed in memory (MKL's one-row product is faster); else contiguous."""
+    if weight.dtype == torch.float32 and weight.device.type == "cpu":
+        if weight.stride() != (1, weight.shape[0]):
+            weight.data = weight.t().contiguous().t()
+    elif not weight.is_contiguous():
+        weight.data = weight.contiguous()
+
+
+def decoding_linear(weight: Tensor) -> nn.Module:
+    """The fastest inference module for a bias-free weight [out, in]."""
+    if _packable(weight):
+        return PackedLinear(weight)
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device, dtype=weight.dtype)
+    linear.weight = nn.Parameter(weight.detach(), requires_grad=False)
+    plain_layout(linear.weight)
+    return linear
+
+
+def _children(model: nn.Module, kind: type) -> list[tuple[nn.Module, str, nn.Module]]:
+    return [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+            if isinstance(child, kind)]
+
+
+@torch.no_grad()
+def pack_for_decoding(model: nn.Module, tied: Tensor | None = None) -> None:
+    """Pack every float32/bfloat16 CPU linear layer except one whose weight is `tied`. Idempotent."""
+    for parent, name, linear in _children(model, nn.Linear):
+        if linear.bias is None and linear.weight is not tied and _packable(linear.weight):
+            setattr(parent, name, PackedLinear(linear.weight))
+        else:
+            plain_layout(linear.weight)
+
+
+@torch.no_grad()
+def unpack(model: nn.Module) -> None:
+    """Swap every PackedLinear back for an nn.Linear holding the same values."""
+    for parent, name, packed in _children(model, PackedLinear):
+        w = packed.weight.to_dense()
+        linear = nn.Linear(packed.in_features, packed.out_features, bias=False, device=w.device, dtype=w.dtype)
+        linear.weight = nn.Parameter(w, requires_grad=packed.trainable)
+        setattr(parent, name, linear)
