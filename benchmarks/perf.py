@@ -2,6 +2,7 @@
 
     python benchmarks/perf.py                      # SmolLM2-135M (embedded GGUF), 128 new tokens
     python benchmarks/perf.py --new-tokens 64 --rounds 2 --threads 2
+    python benchmarks/perf.py --compile             # adds torch.compile'd copies (compiled in warm-up)
 
 Every row of a table is measured in the same process, interleaved round by round (A B C A B C ...)
 so that load from other processes hits all alike; a row reports the best round (contention only
@@ -29,12 +30,14 @@ import torch
 
 from layerskip import GenerationConfig, generate_ids, load_model
 from layerskip.bench.cost_model import measure_costs, measure_read_bandwidth
+from layerskip.model.compiled import compile_layers
 from layerskip.model.loading import LoadedModel
 from layerskip.model.quantize import quantize
 from layerskip.model.synthetic import silence_layers
 
 PROMPTS = ["def fibonacci(n):", "The capital of France is", "Once upon a time, there was"]
 EXIT, K = 8, 6
+DRAFT_VOCAB = 8192  # the reduced-vocabulary draft head row: the 8192 first ids (BPE merge order)
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
@@ -53,10 +56,15 @@ def perfect_draft(lm: LoadedModel) -> LoadedModel:
     return with_model(lm, silence_layers(copy.deepcopy(lm.model), EXIT))
 
 
-def variants(lm: LoadedModel) -> dict[str, LoadedModel]:
-    """The float32 model, a bfloat16 copy and weight-only int8 / int4 copies (bfloat16 activations)."""
+def variants(lm: LoadedModel, compiled: bool) -> dict[str, LoadedModel]:
+    """The float32 model, a bfloat16 copy and weight-only int8 / int4 copies (bfloat16 activations);
+    with `compiled`, torch.compile'd copies of float32, bfloat16 and int4 too."""
     out = {"float32": lm, "bfloat16": with_model(lm, copy.deepcopy(lm.model).to(torch.bfloat16))}
-    return out | {mode: with_model(lm, quantize(copy.deepcopy(lm.model), mode)) for mode in ("int8", "int4")}
+    out |= {mode: with_model(lm, quantize(copy.deepcopy(lm.model), mode)) for mode in ("int8", "int4")}
+    if compiled:
+        out |= {f"{d} compiled": with_model(lm, compile_layers(copy.deepcopy(out[d].model)))
+                for d in ("float32", "bfloat16", "int4")}
+    return out
 
 
 def ours(lm: LoadedModel, strategy: str, n: int, **kw) -> Callable[[list[int]], list[int]]:
@@ -98,7 +106,8 @@ def race(runners: dict[str, Callable[[list[int]], list[int]]], prompts: list[lis
          rounds: int) -> tuple[dict[str, float], dict[str, list[list[int]]]]:
     """Best tokens/s of each runner over `rounds` interleaved rounds of all prompts; the outputs."""
     for run in runners.values():
-        run(prompts[0][:4])  # warm-up: first-call allocations, lazy imports
+        for ids in prompts:  # warm-up: first-call allocations, lazy imports, compiling every shape
+            run(ids)
     best = dict.fromkeys(runners, 0.0)
     outputs: dict[str, list[list[int]]] = {}
     for _ in range(rounds):
@@ -154,6 +163,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="also measure torch.compile'd copies")
     ap.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -163,8 +173,8 @@ def main() -> None:
 
     f32 = load_model()
     prompts = [f32.tokenizer(p).input_ids for p in PROMPTS]
-    models = variants(f32)
-    perfect = variants(perfect_draft(f32))  # silenced before quantising: a zero int4 code is not 0.0
+    models = variants(f32, args.compile)
+    perfect = variants(perfect_draft(f32), args.compile)  # silenced before quantising: a zero int4 code is not 0.0
     hf = {} if args.skip_hf else hf_models(f32.path)
     print(f"# layerskip perf: SmolLM2-135M, {n} new tokens x {len(prompts)} prompts, greedy, batch 1, "
           f"{args.threads} threads, best of {args.rounds} interleaved rounds")
@@ -181,6 +191,9 @@ def main() -> None:
 
     runners = {f"ours {d} AR": ours(lm, "autoregressive", n) for d, lm in perfect.items()}
     runners |= {f"ours {d} self-spec": ours(lm, "self_speculative", n) for d, lm in perfect.items()}
+    runners |= {f"ours {d} self-spec, draft head {DRAFT_VOCAB}": ours(perfect[d], "self_speculative", n,
+                                                                      draft_vocab_size=DRAFT_VOCAB)
+                for d in ("float32", "bfloat16")}
     for d, k in (("float32", "perfect_f32"), ("bfloat16", "perfect_bf16")):
         if hf:
             runners[f"HF {d} assistant_early_exit"] = hf_runner(hf[k], n, True)
@@ -190,10 +203,15 @@ def main() -> None:
         same = ss_out[f"ours {d} self-spec"] == ss_out[f"ours {d} AR"]
         rows.append((f"ours {d}: self-spec == AR tokens", str(same)))
         rows.append((f"ours {d}: self-spec / AR", f"{ss[f'ours {d} self-spec'] / ss[f'ours {d} AR']:.2f}x"))
+    for d in ("float32", "bfloat16"):
+        reduced = f"ours {d} self-spec, draft head {DRAFT_VOCAB}"
+        rows.append((f"{reduced} == AR tokens", str(ss_out[reduced] == ss_out[f"ours {d} AR"])))
     if hf:
         for d in ("float32", "bfloat16"):
-            ratio = ss[f"ours {d} self-spec"] / ss[f"HF {d} assistant_early_exit"]
-            rows.append((f"ours / HF early exit, {d}", f"{ratio:.2f}x"))
+            hf_ee = ss[f"HF {d} assistant_early_exit"]
+            names = [f"ours {d} self-spec", f"ours {d} compiled self-spec",
+                     f"ours {d} self-spec, draft head {DRAFT_VOCAB}"]
+            rows += [(f"{name} / HF early exit", f"{ss[name] / hf_ee:.2f}x") for name in names if name in ss]
     fastest = max(ss, key=ss.get)
     rows.append(("fastest exact configuration", f"{fastest}: {ss[fastest]:.1f} tok/s"))
     table(f"Perfect-draft model, E={EXIT}, k={K}", rows)

@@ -2,6 +2,8 @@
 in float32 instead), outputs do not change beyond float rounding, clear_caches restores the exact
 plain weights."""
 
+import copy
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -60,6 +62,14 @@ def test_reduced_rows_of_a_packed_head_match_the_dense_rows():
     torch.testing.assert_close(reduced(x), x @ w[ids].T, atol=1e-5, rtol=1e-5)
 
 
+def test_a_packed_model_deep_copies():
+    model = random_model(tiny_config(tie_word_embeddings=False), std=0.2)
+    ids = torch.arange(3, 20)[None]
+    model.setup_caches(32)
+    with torch.no_grad():
+        torch.testing.assert_close(copy.deepcopy(model)(ids), model(ids))
+
+
 def test_state_dict_of_a_packed_model_has_the_plain_weights():
     model = random_model(tiny_config(tie_word_embeddings=False), std=0.2)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -67,3 +77,10 @@ def test_state_dict_of_a_packed_model_has_the_plain_weights():
     after = model.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_packing_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("LAYERSKIP_NO_PACK", "1")
+    model = random_model(tiny_config(), std=0.2)
+    model.setup_caches(32)
+    assert not any(isinstance(m, PackedLinear) for m in model.modules())

@@ -13,16 +13,21 @@ packs and `clear_caches` unpacks, so training, saving and dtype changes, which n
 
 A head tied to the embedding is not packed (that would hold the matrix twice); in float32 it is
 stored transposed instead ([in, out] in memory, same shape and values), which MKL's one-row
-product streams faster than [out, in].
+product streams faster than [out, in]. `LAYERSKIP_NO_PACK=1` keeps plain modules everywhere.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 from torch import Tensor, nn
 
 
 def _packable(weight: Tensor) -> bool:
+    """CPU float32/bfloat16 where oneDNN runs them; LAYERSKIP_NO_PACK=1 turns packing off (A/B)."""
+    if os.environ.get("LAYERSKIP_NO_PACK") == "1":
+        return False
     if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return False
     if weight.dtype == torch.bfloat16:
@@ -50,7 +55,9 @@ class PackedLinear(nn.Module):
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         self.trainable = weight.requires_grad  # restored by `unpack`
         # The oneDNN layout is opaque; state_dict() shows the plain tensor (_save_to_state_dict).
-        self.register_buffer("weight", torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1), persistent=False)
+        # No batch-size hint: a layout packed for 1 row made float32 verification of 7 rows 1.5x slower.
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
+        self.register_buffer("weight", packed, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
@@ -61,6 +68,11 @@ class PackedLinear(nn.Module):
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         destination[prefix + "weight"] = self.weight.to_dense()  # same keys and values as nn.Linear
+
+    def __deepcopy__(self, memo: dict) -> PackedLinear:
+        clone = PackedLinear(self.weight.to_dense())  # an oneDNN tensor has no storage to copy
+        clone.trainable = self.trainable
+        return clone
 
     def rows(self, ids: Tensor) -> PackedLinear:
         """The same layer restricted to output rows `ids` (a reduced-vocabulary head)."""
