@@ -18,7 +18,9 @@ product streams faster than [out, in]. `LAYERSKIP_NO_PACK=1` keeps plain modules
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 
 import torch
 from torch import Tensor, nn
@@ -106,21 +108,38 @@ def _children(model: nn.Module, kind: type) -> list[tuple[nn.Module, str, nn.Mod
             if isinstance(child, kind)]
 
 
+def _return_freed_memory() -> None:
+    """glibc keeps the blocks of the replaced weights (measured: +190 MiB RSS on SmolLM2 after
+    packing, back below the loaded size after a trim); hand them back to the OS."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (e.g. musl)
+            pass
+
+
 @torch.no_grad()
 def pack_for_decoding(model: nn.Module, tied: Tensor | None = None) -> None:
     """Pack every float32/bfloat16 CPU linear layer except one whose weight is `tied`. Idempotent."""
+    swapped = False
     for parent, name, linear in _children(model, nn.Linear):
         if linear.bias is None and linear.weight is not tied and _packable(linear.weight):
             setattr(parent, name, PackedLinear(linear.weight))
+            swapped = True
         else:
             plain_layout(linear.weight)
+    if swapped:
+        _return_freed_memory()
 
 
 @torch.no_grad()
 def unpack(model: nn.Module) -> None:
     """Swap every PackedLinear back for an nn.Linear holding the same values."""
-    for parent, name, packed in _children(model, PackedLinear):
+    swapped = _children(model, PackedLinear)
+    for parent, name, packed in swapped:
         w = packed.weight.to_dense()
         linear = nn.Linear(packed.in_features, packed.out_features, bias=False, device=w.device, dtype=w.dtype)
         linear.weight = nn.Parameter(w, requires_grad=packed.trainable)
         setattr(parent, name, linear)
+    if swapped:
+        _return_freed_memory()
