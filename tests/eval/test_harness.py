@@ -17,8 +17,8 @@ def loads(monkeypatch, smollm2):
     """Serve the session's SmolLM2 instead of loading it again; record what was asked for."""
     calls = []
 
-    def load(name, dtype, device):
-        calls.append((name, dtype, device))
+    def load(name, dtype, device, adapter=None, compile=False):
+        calls.append((name, dtype, device, adapter, compile))
         return smollm2
 
     monkeypatch.setattr(layerskip.eval.lm, "load_model", load)
@@ -32,7 +32,7 @@ def test_eval_self_speculative_writes_lm_eval_results_and_speculation_figures(lo
         "--output_path", str(tmp_path), "--log_samples",
     ])
     assert rc == 0
-    assert loads == [("smollm2-135m-instruct", "float32", "cpu")]
+    assert loads == [("smollm2-135m-instruct", "float32", "cpu", None, False)]
     (results_file,) = tmp_path.glob("*/results_*.json")
     results = json.loads(results_file.read_text())
     assert 0 <= results["results"]["layerskip_mc"]["acc,none"] <= 1
