@@ -52,5 +52,9 @@ class ExitQueryCache(nn.Module):
         self.h[:, slot : slot + h.shape[1]] = h
 
     def read(self, n: int) -> Tensor:
-        """The first n pending states, [B, n, D]."""
-        return self.h[:, :n]
+        """A copy of the first n pending states, [B, n, D].
+
+        A copy (k+1 rows) rather than a view: under inference_mode it is an inference tensor like
+        every other activation, so a torch.compile'd block does not compile a second variant for it.
+        """
+        return self.h[:, :n].clone()

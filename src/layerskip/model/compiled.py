@@ -10,15 +10,16 @@ a long benchmark, not for one short generation. Measured in docs/performance.md.
 
 from __future__ import annotations
 
-import torch
-
 from layerskip.model.llama import Transformer
+
+# Shapes one generation meets: prefill, one token, a verification of k+1 tokens, each first static
+# and then dynamic in the token count; the default limit (8) leaves little room. Passed per call,
+# because dynamo's global config is per thread (the server decodes in a worker thread).
+RECOMPILE_LIMIT = 32
 
 
 def compile_layers(model: Transformer) -> Transformer:
     """Compile every block in place (nn.Module.compile); outputs equal eager up to float rounding."""
-    # Every block is a distinct module: allow one compiled entry per layer and shape.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * model.n_layers)
     for layer in model.layers:
-        layer.compile()
+        layer.compile(recompile_limit=RECOMPILE_LIMIT)
     return model
