@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from layerskip import GenerationConfig, generate_ids, load_model
-from layerskip.bench.cost_model import measure_costs, measure_read_bandwidth
+from layerskip.bench.cost_model import measure_costs, measure_read_bandwidth, weight_bytes
 from layerskip.model.compiled import compile_layers
 from layerskip.model.loading import LoadedModel
 from layerskip.model.quantize import quantize
@@ -38,14 +38,6 @@ from layerskip.model.synthetic import silence_layers
 PROMPTS = ["def fibonacci(n):", "The capital of France is", "Once upon a time, there was"]
 EXIT, K = 8, 6
 DRAFT_VOCAB = 8192  # the reduced-vocabulary draft head row: the 8192 first ids (BPE merge order)
-
-
-def weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes one autoregressive token reads: every layer's weights and the head (quantised too)."""
-    tensors = list(model.layers.parameters())
-    tensors += [t for name, t in model.layers.named_buffers() if "kv_cache" not in name]
-    tensors += list(model.output.parameters()) + list(model.output.buffers()) + [model.norm.weight]
-    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def with_model(lm: LoadedModel, model: torch.nn.Module) -> LoadedModel:

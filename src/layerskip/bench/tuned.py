@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from layerskip.cache_paths import cache_root
 from layerskip.errors import LayerSkipError
 from layerskip.generation.config import GenerationConfig
 from layerskip.model.loading import LoadedModel, load_model, resolve
@@ -41,8 +41,7 @@ def model_key(name: str | None, perfect_draft_from: int | None = None) -> str:
 
 
 def tuned_dir() -> Path:
-    root = Path(os.environ.get("LAYERSKIP_CACHE", Path.home() / ".cache" / "layerskip"))
-    return root / "tuned"
+    return cache_root() / "tuned"
 
 
 def tuned_path(key: str) -> Path:

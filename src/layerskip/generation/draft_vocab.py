@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from layerskip.errors import LayerSkipError
+from layerskip.generation.config import GenerationConfig
 from layerskip.model.llama import Transformer
 from layerskip.model.packing import decoding_linear
 
@@ -116,3 +117,12 @@ def draft_head(model: Transformer, ids: list[int] | None) -> DraftHead:
         cache.clear()  # keep one: a new id set replaces the old
         cache[key] = DraftHead(restrict_rows(model.output, index), index)
     return cache[key]
+
+
+def configured_draft_head(model: Transformer, cfg: GenerationConfig) -> DraftHead:
+    """The draft head `cfg` asks for: the model's own, or one over the most frequent tokens."""
+    if cfg.draft_vocab_size is None and cfg.draft_vocab_file is None:
+        return draft_head(model, None)
+    ranking = read_ranking(cfg.draft_vocab_file) if cfg.draft_vocab_file else None
+    mcfg = model.config
+    return draft_head(model, select_ids(ranking, cfg.draft_vocab_size, mcfg.vocab_size, mcfg.eos_token_ids))

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from layerskip.generation.autoregressive import prefill
 from layerskip.generation.config import GenerationConfig
-from layerskip.generation.draft_vocab import DraftHead, draft_head, read_ranking, select_ids
+from layerskip.generation.draft_vocab import DraftHead, configured_draft_head
 from layerskip.generation.output import ACCEPTED, SpeculationStats, TokenSink
 from layerskip.generation.sampling import next_token, processed_probs, sample
 from layerskip.model.llama import Transformer
@@ -106,15 +106,6 @@ def accept_sampled(
     return n, tok
 
 
-def draft_vocab(model: Transformer, cfg: GenerationConfig) -> DraftHead:
-    """The draft head `cfg` asks for: the model's own, or one over the most frequent tokens."""
-    if cfg.draft_vocab_size is None and cfg.draft_vocab_file is None:
-        return draft_head(model, None)
-    ranking = read_ranking(cfg.draft_vocab_file) if cfg.draft_vocab_file else None
-    mcfg = model.config
-    return draft_head(model, select_ids(ranking, cfg.draft_vocab_size, mcfg.vocab_size, mcfg.eos_token_ids))
-
-
 def next_k(k_max: int, n_drafted: int, n_accepted: int) -> int:
     """Adaptive k: one more after a fully accepted draft, what was accepted (+1) otherwise."""
     return min(k_max, n_drafted + 1) if n_accepted == n_drafted else max(1, n_accepted + 1)
@@ -130,7 +121,7 @@ def decode(
     stats: SpeculationStats,
 ) -> None:
     """Generate into `sink` by draft/verify rounds until it says stop."""
-    head = draft_vocab(model, cfg)
+    head = configured_draft_head(model, cfg)
     token = next_token(prefill(model, prompt), cfg, generator)
     pos = prompt.shape[0]
     if sink.push([int(token)]):

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from layerskip.cache_paths import cache_root, file_key
 from layerskip.errors import LayerSkipError
 from layerskip.model import weight_cache, weights
 from layerskip.model.compiled import compile_layers
@@ -209,10 +208,7 @@ def _load_gguf_state_dict(path: Path, cfg: ModelConfig) -> dict[str, torch.Tenso
 
 
 def _tokenizer_cache_dir(path: Path) -> Path:
-    stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    root = Path(os.environ.get("LAYERSKIP_CACHE", Path.home() / ".cache" / "layerskip"))
-    return root / "tokenizers" / key
+    return cache_root() / "tokenizers" / file_key(path)
 
 
 def load_tokenizer(path: Path) -> Any:

@@ -19,8 +19,10 @@ product streams faster than [out, in]. `LAYERSKIP_NO_PACK=1` keeps plain modules
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -93,37 +95,52 @@ def plain_layout(weight: Tensor) -> None:
         weight.data = weight.contiguous()
 
 
+def _linear(weight: Tensor, requires_grad: bool) -> nn.Linear:
+    """A bias-free nn.Linear around `weight` [out, in] itself (no copy)."""
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    linear.weight = nn.Parameter(weight, requires_grad=requires_grad)
+    return linear
+
+
 def decoding_linear(weight: Tensor) -> nn.Module:
     """The fastest inference module for a bias-free weight [out, in]."""
     if _packable(weight):
         return PackedLinear(weight)
-    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device, dtype=weight.dtype)
-    linear.weight = nn.Parameter(weight.detach(), requires_grad=False)
+    linear = _linear(weight.detach(), requires_grad=False)
     plain_layout(linear.weight)
     return linear
 
 
-def _slots(model: nn.Module, kind: type) -> list[tuple[nn.Module, str]]:
+def module_slots(model: nn.Module, kind: type) -> list[tuple[nn.Module, str]]:
     """(parent, attribute) of every `kind` submodule; no reference to the submodules themselves, so
     each replaced one is freed as soon as it is swapped out."""
     return [(parent, name) for parent in model.modules() for name, child in parent.named_children()
             if isinstance(child, kind)]
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None (another OS or C library)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        return None
+
+
 def _return_freed_memory() -> None:
     """glibc keeps the blocks of replaced weights (measured on SmolLM2: +190 MiB RSS after packing,
     and a peak of twice the weights); handing each back at once keeps the peak at one matrix."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc (e.g. musl)
-            pass
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 @torch.no_grad()
 def pack_for_decoding(model: nn.Module, tied: Tensor | None = None) -> None:
     """Pack every float32/bfloat16 CPU linear layer except one whose weight is `tied`. Idempotent."""
-    for parent, name in _slots(model, nn.Linear):
+    for parent, name in module_slots(model, nn.Linear):
         linear = getattr(parent, name)
         if linear.bias is None and linear.weight is not tied and _packable(linear.weight):
             setattr(parent, name, PackedLinear(linear.weight))
@@ -136,11 +153,8 @@ def pack_for_decoding(model: nn.Module, tied: Tensor | None = None) -> None:
 @torch.no_grad()
 def unpack(model: nn.Module) -> None:
     """Swap every PackedLinear back for an nn.Linear holding the same values."""
-    for parent, name in _slots(model, PackedLinear):
+    for parent, name in module_slots(model, PackedLinear):
         packed = getattr(parent, name)
-        w = packed.weight.to_dense()
-        linear = nn.Linear(packed.in_features, packed.out_features, bias=False, device=w.device, dtype=w.dtype)
-        linear.weight = nn.Parameter(w, requires_grad=packed.trainable)
-        setattr(parent, name, linear)
+        setattr(parent, name, _linear(packed.weight.to_dense(), packed.trainable))
         del packed
         _return_freed_memory()

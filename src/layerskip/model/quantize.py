@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from layerskip.errors import LayerSkipError
 from layerskip.model.llama import Transformer
+from layerskip.model.packing import module_slots
 
 QUANT_MODES = ("int8", "int4")
 ACTIVATION_DTYPE = torch.bfloat16
@@ -108,8 +109,6 @@ def quantize(model: Transformer, mode: str, group_size: int = DEFAULT_GROUP_SIZE
         raise LayerSkipError("weight-only int8/int4 kernels are CPU kernels; load the model on cpu")
     model.clear_caches()  # plain nn.Linear weights; caches rebuilt in the activation dtype later
     model.to(ACTIVATION_DTYPE)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(parent, name, quantize_linear(child, mode, group_size))
+    for parent, name in module_slots(model, nn.Linear):
+        setattr(parent, name, quantize_linear(getattr(parent, name), mode, group_size))
     return model.requires_grad_(False)

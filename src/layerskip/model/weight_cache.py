@@ -7,19 +7,17 @@ tokenizer cache, so a changed file is dequantised again.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from layerskip.cache_paths import cache_root, file_key
+
 
 def cache_file(gguf: Path) -> Path:
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    root = Path(os.environ.get("LAYERSKIP_CACHE", Path.home() / ".cache" / "layerskip"))
-    return root / "weights" / f"{key}.safetensors"
+    return cache_root() / "weights" / f"{file_key(gguf)}.safetensors"
 
 
 def load(gguf: Path) -> dict[str, torch.Tensor] | None:
