@@ -9,6 +9,11 @@ from layerskip.errors import LayerSkipError
 STRATEGIES = ("autoregressive", "early_exit", "self_speculative")
 
 
+def is_speculative(strategy: str) -> bool:
+    """Whether a run of `strategy` drafts and verifies: the one place that decides it."""
+    return strategy == "self_speculative"
+
+
 @dataclass
 class GenerationConfig:
     strategy: str = "autoregressive"
@@ -53,6 +58,10 @@ class GenerationConfig:
             raise LayerSkipError(f"draft vocabulary size must be >= 1, got {self.draft_vocab_size}")
         if self.exit_layer is not None and self.exit_layer < 1:
             raise LayerSkipError(f"exit layer must be >= 1, got {self.exit_layer}")
+
+    @property
+    def speculative(self) -> bool:
+        return is_speculative(self.strategy)
 
     @property
     def greedy(self) -> bool:

@@ -67,7 +67,7 @@ def generate_ids(
     sink = TokenSink(loaded.tokenizer, cfg.max_new_tokens, eos, cfg.stop_strings, on_tokens)
     device = model.output.weight.device
     generator = make_generator(cfg, device)
-    speculative = cfg.strategy == "self_speculative"
+    speculative = cfg.speculative
     model.setup_caches(needed, exit_query_len=cfg.num_speculations + 1 if speculative else 0)
     prompt = torch.tensor(prompt_ids, device=device)
     stats = SpeculationStats()

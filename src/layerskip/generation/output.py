@@ -7,12 +7,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from layerskip.generation.config import is_speculative
+
 # Kinds of emitted tokens, so a streamer can show drafts apart from verifier tokens.
 TARGET = "target"  # chosen by the full model (or the exit layer for early exit)
 ACCEPTED = "accepted"  # drafted by the early layers and accepted by the verifier
 REJECTED = "rejected"  # drafted and rejected: shown when streaming drafts, never part of the output
 
 TokenCallback = Callable[[list[int], str], None]
+
+
+def cut_at_stop_strings(text: str, stop_strings: list[str], start: int = 0) -> str:
+    """The text before the earliest stop string found at or after index `start`."""
+    cut = len(text)
+    for stop in stop_strings:
+        i = text.find(stop, start)
+        if i != -1:
+            cut = min(cut, i)
+    return text[:cut]
 
 
 @dataclass
@@ -50,6 +62,10 @@ class GenerationResult:
     stats: SpeculationStats = field(default_factory=SpeculationStats)
 
     @property
+    def speculative(self) -> bool:
+        return is_speculative(self.strategy)
+
+    @property
     def num_new_tokens(self) -> int:
         return len(self.token_ids)
 
@@ -72,7 +88,7 @@ class GenerationResult:
             "time_to_first_token_s": self.time_to_first_token_s,
             "total_time_s": self.total_time_s,
         }
-        if self.strategy == "self_speculative":
+        if self.speculative:
             s = self.stats
             d |= {
                 "num_speculations": self.num_speculations,
@@ -154,8 +170,4 @@ class TokenSink:
     def text(self) -> str:
         """The decoded answer, without EOS and cut before the first stop string."""
         ids = [t for t in self.ids if t not in self.eos_ids]
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        for s in self.stop_strings:
-            if s in text:
-                text = text[: text.index(s)]
-        return text
+        return cut_at_stop_strings(self.tokenizer.decode(ids, skip_special_tokens=True), self.stop_strings)
