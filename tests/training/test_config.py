@@ -44,3 +44,17 @@ def test_teacher_base_needs_lora(tmp_path):
     f.write_text("data: {train: [x]}\nearly_exit: {enabled: true, distill_weight: 0.5, teacher: base}\n")
     with pytest.raises(LayerSkipError, match="lora"):
         load_config(f)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("run.log_every=0", "run.log_every must be at least 1"), ("run.log_every=-3", "run.log_every"),
+     ("run.eval_every=-1", "run.eval_every must be non-negative"),
+     ("run.save_every=-1", "run.save_every must be non-negative"), ("run.threads=-1", "run.threads")],
+)
+def test_intervals_that_would_divide_by_zero_or_never_fire_are_errors(tmp_path, override, message):
+    f = tmp_path / "c.yaml"
+    f.write_text("data: {train: [x]}\n")
+    with pytest.raises(LayerSkipError, match=message):
+        load_config(f, [override])
+    assert load_config(f, ["run.eval_every=0", "run.save_every=0", "run.log_every=1"]).run.log_every == 1

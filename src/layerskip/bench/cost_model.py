@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from layerskip.errors import LayerSkipError
+from layerskip.model.config import ModelConfig
 from layerskip.model.llama import Transformer
 
 
@@ -114,6 +115,23 @@ class LayerCosts:
         d["autoregressive_token_s"] = self.autoregressive_token_s()
         d["autoregressive_bound_tokens_per_s"] = self.autoregressive_bound_tokens_per_s()
         return d
+
+
+def memory_bound_costs(cfg: ModelConfig, max_tokens: int) -> LayerCosts:
+    """Costs in weight units, for when nothing has been measured: decoding taken as memory-bound,
+    so a pass costs the parameters it reads whatever its token count. A small model's LM head
+    weighs as much as many layers, which makes every draft token expensive."""
+    q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    layer = cfg.dim * (q + 2 * kv) + q * cfg.dim + 3 * cfg.dim * cfg.intermediate_size
+    head = cfg.vocab_size * cfg.dim
+    return LayerCosts(
+        n_layers=cfg.n_layers,
+        layer_s=[float(layer)] * max_tokens,
+        head_s=[float(head)] * max_tokens,
+        call_s=0.0,
+        context=0,
+        weight_bytes=cfg.n_layers * layer + head,  # parameters, the unit of this model
+    )
 
 
 def _sync(device: torch.device) -> None:

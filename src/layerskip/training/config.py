@@ -151,6 +151,11 @@ class RunSection:
     def __post_init__(self) -> None:
         _check(self.precision in ("float32", "bf16"), f"run.precision: unknown {self.precision!r}")
         _check(self.keep_checkpoints >= 1, "run.keep_checkpoints must be at least 1")
+        _check(self.log_every >= 1, f"run.log_every must be at least 1, got {self.log_every}")
+        for name in ("eval_every", "save_every"):
+            value = getattr(self, name)
+            _check(value >= 0, f"run.{name} must be non-negative (0: only at the end), got {value}")
+        _check(self.threads >= 0, f"run.threads must be non-negative (0: the default), got {self.threads}")
 
 
 @dataclass

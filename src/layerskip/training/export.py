@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from layerskip.bench.cost_model import expected_tokens_per_round
+from layerskip.bench.cost_model import memory_bound_costs
+from layerskip.errors import LayerSkipError
 from layerskip.model.config import ModelConfig
 from layerskip.model.llama import Transformer
 from layerskip.model.saving import save_pretrained
@@ -21,27 +22,11 @@ from layerskip.training import lora
 from layerskip.training.config import TrainConfig
 
 
-def _layer_and_head_params(cfg: ModelConfig) -> tuple[int, int]:
-    q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-    layer = cfg.dim * (q + 2 * kv) + q * cfg.dim + 3 * cfg.dim * cfg.intermediate_size
-    return layer, cfg.vocab_size * cfg.dim
-
-
 def estimated_speedup(agreement: float, exit_layer: int, cfg: ModelConfig, max_draft: int = 8) -> float:
-    """Self-speculation speedup at one exit, taking acceptance ≈ top-1 agreement and decoding as
-    memory-bound (a pass costs the weights it reads, whatever its token count).
-
-    The round of `bench.cost_model` in weight units: k+1 draft passes through E layers and k draft
-    heads, one verification through the other layers and the head. A small model's LM head weighs
-    as much as many layers, which makes every draft token expensive.
-    """
-    layer, head = _layer_and_head_params(cfg)
-    token = cfg.n_layers * layer + head
-    best = 0.0
-    for k in range(1, max_draft + 1):
-        round_cost = (k + 1) * exit_layer * layer + k * head + (cfg.n_layers - exit_layer) * layer + head
-        best = max(best, expected_tokens_per_round(agreement, k) * token / round_cost)
-    return best
+    """Self-speculation speedup at one exit with the best k, taking acceptance ≈ top-1 agreement
+    and decoding as memory-bound (`cost_model.memory_bound_costs`)."""
+    costs = memory_bound_costs(cfg, max_tokens=max_draft + 1)
+    return max(costs.speedup(exit_layer, k, agreement) for k in range(1, max_draft + 1))
 
 
 def recommend_exit(agreement: dict[int, float], cfg: ModelConfig) -> int | None:
@@ -60,7 +45,12 @@ def save_model(
     with the training settings recorded under `layerskip.training` in config.json."""
     with torch.device("meta"):
         model = Transformer(model_cfg)
-    model.load_state_dict(state, strict=False, assign=True)
+    result = model.load_state_dict(state, strict=False, assign=True)
+    if result.missing_keys or result.unexpected_keys:
+        raise LayerSkipError(
+            f"trained state does not match the model: missing {result.missing_keys[:3]}, "
+            f"unexpected {result.unexpected_keys[:3]}"
+        )
     if model_cfg.tie_word_embeddings:
         model.output.weight = model.tok_embeddings.weight
     save_pretrained(model, path, tokenizer if hasattr(tokenizer, "save_pretrained") else None)
