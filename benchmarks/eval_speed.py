@@ -24,7 +24,8 @@ from lm_eval.api.instance import Instance
 from layerskip.eval.harness import TASKS_DIR
 from layerskip.eval.lm import LayerSkipLM
 from layerskip.eval.stats import GenerationTotals
-from layerskip.model.loading import LoadedModel, load_model
+from layerskip.model.loaded import LoadedModel
+from layerskip.model.loading import load_model
 from layerskip.model.synthetic import silence_layers
 
 

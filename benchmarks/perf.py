@@ -31,7 +31,7 @@ import torch
 from layerskip import GenerationConfig, generate_ids, load_model
 from layerskip.bench.cost_model import measure_costs, measure_read_bandwidth, weight_bytes
 from layerskip.model.compiled import compile_layers
-from layerskip.model.loading import LoadedModel
+from layerskip.model.loaded import LoadedModel
 from layerskip.model.quantize import quantize
 from layerskip.model.synthetic import silence_layers
 

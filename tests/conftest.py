@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from layerskip.model.config import ModelConfig, RopeScaling
-from layerskip.model.loading import LoadedModel, load_model
+from layerskip.model.loaded import LoadedModel
+from layerskip.model.loading import load_model
 from layerskip.model.saving import save_pretrained
 from layerskip.model.synthetic import random_model
 

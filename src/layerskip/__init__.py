@@ -11,7 +11,8 @@ from layerskip.errors import LayerSkipError
 from layerskip.generation.config import GenerationConfig
 from layerskip.generation.generate import generate, generate_ids
 from layerskip.generation.output import GenerationResult, SpeculationStats
-from layerskip.model.loading import LoadedModel, load_model
+from layerskip.model.loaded import LoadedModel
+from layerskip.model.loading import load_model
 
 __all__ = [
     "GenerationConfig",

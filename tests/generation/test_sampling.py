@@ -16,7 +16,7 @@ import torch
 from layerskip import GenerationConfig, generate_ids
 from layerskip.generation import self_speculative
 from layerskip.generation.sampling import processed_probs, sample
-from layerskip.model.loading import LoadedModel
+from layerskip.model.loaded import LoadedModel
 from layerskip.model.synthetic import random_model
 
 from ..conftest import char_tokenizer, tiny_config

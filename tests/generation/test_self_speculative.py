@@ -5,7 +5,7 @@ import torch
 
 from layerskip import GenerationConfig, LayerSkipError, generate, generate_ids
 from layerskip.generation.output import ACCEPTED, REJECTED
-from layerskip.model.loading import LoadedModel
+from layerskip.model.loaded import LoadedModel
 from layerskip.model.synthetic import silence_layers
 
 

@@ -14,7 +14,8 @@ import pytest
 from layerskip.cli import main
 from layerskip.generation.config import GenerationConfig
 from layerskip.generation.generate import generate
-from layerskip.model.loading import LoadedModel, load_model
+from layerskip.model.loaded import LoadedModel
+from layerskip.model.loading import load_model
 from layerskip.serve import ServerConfig, create_app
 from layerskip.serve.background import serving
 

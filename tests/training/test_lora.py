@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from layerskip.model import adapters
 from layerskip.model.config import ModelConfig
 from layerskip.model.llama import Transformer
 from layerskip.model.loading import load_model
@@ -49,7 +50,7 @@ def test_saved_adapter_merges_back_to_the_same_model(tmp_path):
     assert set(config["target_modules"]) == hf_names
     torch.manual_seed(0)
     plain = Transformer(ModelConfig(**CFG))
-    meta = lora.merge_adapter(plain, tmp_path)
+    meta = adapters.merge_adapter(plain, tmp_path)
     assert meta["recommended_exit_layer"] == 1
     tokens = torch.randint(0, 97, (1, 9))
     with torch.no_grad():

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from layerskip.bench.cost_model import LayerCosts, measure_costs
 from layerskip.bench.data import Dataset
 from layerskip.model.llama import Transformer
-from layerskip.model.loading import LoadedModel
+from layerskip.model.loaded import LoadedModel
 
 
 @dataclass

@@ -14,7 +14,7 @@ from layerskip.errors import LayerSkipError
 from layerskip.generation.config import GenerationConfig
 from layerskip.generation.generate import generate
 from layerskip.generation.output import GenerationResult
-from layerskip.model.loading import LoadedModel
+from layerskip.model.loaded import LoadedModel
 
 ProgressCallback = Callable[[int, int], None]  # (generations done, generations in all)
 

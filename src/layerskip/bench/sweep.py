@@ -13,7 +13,7 @@ from layerskip.bench.data import Dataset
 from layerskip.bench.runner import BenchReport, ProgressCallback, run_benchmark
 from layerskip.errors import LayerSkipError
 from layerskip.generation.config import GenerationConfig
-from layerskip.model.loading import LoadedModel
+from layerskip.model.loaded import LoadedModel
 
 
 @dataclass

@@ -15,7 +15,7 @@ from layerskip.bench.runner import ArmSummary, ProgressCallback, Sample, make_ar
 from layerskip.bench.tuned import TunedSetting
 from layerskip.errors import LayerSkipError
 from layerskip.generation.config import GenerationConfig
-from layerskip.model.loading import LoadedModel
+from layerskip.model.loaded import LoadedModel
 
 
 @dataclass

@@ -17,7 +17,8 @@ from typing import Any
 from layerskip.cache_paths import cache_root
 from layerskip.errors import LayerSkipError
 from layerskip.generation.config import GenerationConfig
-from layerskip.model.loading import LoadedModel, load_model, resolve
+from layerskip.model.loaded import LoadedModel
+from layerskip.model.loading import load_model, resolve
 from layerskip.model.synthetic import silence_layers
 
 

@@ -7,7 +7,8 @@ from dataclasses import fields
 
 from layerskip.bench.tuned import tuned_values
 from layerskip.generation.config import STRATEGIES, GenerationConfig
-from layerskip.model.loading import DEFAULT_MODEL, DTYPES, LoadedModel, load_model
+from layerskip.model.loaded import LoadedModel
+from layerskip.model.loading import DEFAULT_MODEL, DTYPES, load_model
 from layerskip.model.quantize import QUANT_MODES
 
 _DEFAULTS = {f.name: f.default for f in fields(GenerationConfig) if not callable(f.default_factory)}

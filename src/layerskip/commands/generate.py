@@ -16,7 +16,7 @@ from layerskip.commands.common import (
 from layerskip.generation.generate import generate, model_eos_ids
 from layerskip.generation.output import ACCEPTED, REJECTED, GenerationResult, TokenCallback
 from layerskip.generation.streaming import TextStream
-from layerskip.model.loading import LoadedModel
+from layerskip.model.loaded import LoadedModel
 
 _COLOURS = {ACCEPTED: "\033[32m", REJECTED: "\033[9;31m"}  # green; red struck through
 _MARKERS = {ACCEPTED: ("[+", "]"), REJECTED: ("[-", "]")}

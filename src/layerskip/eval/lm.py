@@ -26,7 +26,8 @@ from layerskip.eval.scoring import score_continuations
 from layerskip.eval.stats import GenerationTotals
 from layerskip.generation.config import GenerationConfig
 from layerskip.generation.generate import generate_ids
-from layerskip.model.loading import LoadedModel, load_model
+from layerskip.model.loaded import LoadedModel
+from layerskip.model.loading import load_model
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from layerskip.generation import autoregressive, self_speculative
 from layerskip.generation.config import GenerationConfig
 from layerskip.generation.output import GenerationResult, SpeculationStats, TokenCallback, TokenSink
 from layerskip.generation.sampling import make_generator
-from layerskip.model.loading import LoadedModel
+from layerskip.model.loaded import LoadedModel
 
 Prompt = str | list[dict[str, str]]
 

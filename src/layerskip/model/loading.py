@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,29 +12,17 @@ import torch
 from layerskip.cache_paths import cache_root, file_key
 from layerskip.errors import LayerSkipError
 from layerskip.model import weight_cache, weights
+from layerskip.model.adapters import merge_adapter
 from layerskip.model.compiled import compile_layers
 from layerskip.model.config import ModelConfig
 from layerskip.model.llama import Transformer
+from layerskip.model.loaded import LoadedModel
 from layerskip.model.quantize import ACTIVATION_DTYPE, QUANT_MODES, quantize
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _DEFAULT_ALIASES = {DEFAULT_MODEL, "default", "smollm2", "SmolLM2-135M-Instruct"}
 _DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class LoadedModel:
-    """A model ready for generation, with the tokenizer that belongs to it."""
-
-    model: Transformer
-    tokenizer: Any  # a transformers PreTrainedTokenizer(Fast)
-    name: str
-    path: Path
-
-    @property
-    def config(self) -> ModelConfig:
-        return self.model.config
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -141,8 +128,6 @@ def load_model(
 
 def _apply_adapter(model: Transformer, path: Path) -> None:
     """Merge a LoRA adapter in float32 before any cast; it may name the exit layer to use."""
-    from layerskip.training.lora import merge_adapter
-
     meta = merge_adapter(model, path)
     if meta.get("recommended_exit_layer") is not None:
         model.config.recommended_exit_layer = int(meta["recommended_exit_layer"])

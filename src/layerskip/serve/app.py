@@ -24,7 +24,7 @@ from layerskip import __version__
 from layerskip.errors import LayerSkipError
 from layerskip.generation.generate import Prompt, encode_prompt
 from layerskip.generation.output import GenerationResult
-from layerskip.model.loading import LoadedModel
+from layerskip.model.loaded import LoadedModel
 from layerskip.serve.config import ServerConfig
 from layerskip.serve.engine import Engine, Job
 from layerskip.serve.errors import APIError, install_error_handlers, unavailable

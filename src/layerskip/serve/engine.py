@@ -14,7 +14,7 @@ from layerskip.generation.config import GenerationConfig
 from layerskip.generation.generate import generate_ids, model_eos_ids
 from layerskip.generation.output import REJECTED, GenerationResult, TokenCallback
 from layerskip.generation.streaming import TextStream
-from layerskip.model.loading import LoadedModel
+from layerskip.model.loaded import LoadedModel
 from layerskip.serve.errors import APIError
 from layerskip.serve.metrics import Metrics
 from layerskip.serve.worker import Worker
