@@ -17,8 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tune": ("layerskip.commands.tune", "pick the exit layer and speculations for a model and prompts"),
     "serve": ("layerskip.commands.serve", "OpenAI-compatible HTTP server"),
     "eval": ("layerskip.commands.eval", "lm-evaluation-harness tasks on our engine"),
-    "train": ("layerskip.training.command", "LayerSkip training: layer dropout + early-exit loss"),
-    "merge": ("layerskip.training.merge_command", "merge a LoRA adapter into its base model"),
+    "train": ("layerskip.commands.train", "LayerSkip training: layer dropout + early-exit loss"),
+    "merge": ("layerskip.commands.merge", "merge a LoRA adapter into its base model"),
 }
 
 

@@ -6,7 +6,7 @@ import torch
 
 from layerskip.cli import main
 from layerskip.model.loading import load_model
-from layerskip.training.command import config_path
+from layerskip.training.config import config_path
 
 
 def test_train_command_with_a_shipped_config_name_and_overrides(tmp_path, capsys):

@@ -1,4 +1,4 @@
 """The LayerSkip training recipe: layer dropout, early-exit loss and its curricula, LoRA, FSDP.
 
-Entry point: `layerskip train` (`training.command`), or `training.trainer.train(config)`.
+Entry points: `layerskip train` (`commands/train.py`), or `training.trainer.train(config)`.
 """

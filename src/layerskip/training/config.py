@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -242,6 +243,18 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         if not isinstance(node, dict):
             raise LayerSkipError(f"override {override!r}: {k} is not a section")
     node[keys[-1]] = yaml.safe_load(value)
+
+
+def shipped_configs() -> list[str]:
+    """File names of the training configs that ship with the package."""
+    return sorted(p.name for p in resources.files("layerskip.configs").iterdir() if p.name.startswith("train_"))
+
+
+def config_path(name: str) -> str:
+    """A path as given, or the shipped config of that name."""
+    if Path(name).exists() or name not in shipped_configs():
+        return name
+    return str(resources.files("layerskip.configs") / name)
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:

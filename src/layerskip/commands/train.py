@@ -7,12 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from importlib import resources
-from pathlib import Path
 
-
-def shipped_configs() -> list[str]:
-    return sorted(p.name for p in resources.files("layerskip.configs").iterdir() if p.name.startswith("train_"))
+from layerskip.training.config import config_path, load_config, shipped_configs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,16 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. optim.max_steps=50 lora.rank=8")
 
 
-def config_path(name: str) -> str:
-    """A path as given, or the shipped config of that name."""
-    if Path(name).exists() or name not in shipped_configs():
-        return name
-    return str(resources.files("layerskip.configs") / name)
-
-
 def run(args: argparse.Namespace) -> int:
-    from layerskip.training.config import load_config
-    from layerskip.training.trainer import train
+    from layerskip.training.trainer import train  # torch and the model: only when training
 
     result = train(load_config(config_path(args.config), args.overrides))
     if not result.main_process:

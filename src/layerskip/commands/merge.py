@@ -4,6 +4,7 @@ and write a HF model directory that `layerskip generate` and transformers load d
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,8 +14,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from layerskip.model.loading import load_model
     from layerskip.model.saving import save_pretrained
 
