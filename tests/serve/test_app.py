@@ -16,7 +16,8 @@ from layerskip.generation.config import GenerationConfig
 from layerskip.generation.generate import generate
 from layerskip.model.loaded import LoadedModel
 from layerskip.model.loading import load_model
-from layerskip.serve import ServerConfig, create_app
+from layerskip.serve.app import create_app
+from layerskip.serve.config import ServerConfig
 from layerskip.serve.background import serving
 
 API_KEY = "test-key"
@@ -152,11 +153,12 @@ BAD_REQUESTS = [
     ("completions", {"model": "tiny", "prompt": "hi", "temperature": 2.5}, 400, "temperature"),
     ("completions", {"model": "tiny", "prompt": "hi", "temperature": "hot"}, 400, "temperature"),
     ("completions", {"model": "tiny", "prompt": "hi", "top_p": 0}, 400, "top_p"),
-    ("completions", {"model": "tiny", "prompt": "hi", "n": 2}, 400, "n"),
+    ("completions", {"model": "tiny", "prompt": "hi", "n": 17}, 400, "n"),
     ("completions", {"model": "tiny", "prompt": "hi", "stream": "yes"}, 400, "stream"),
     ("completions", {"model": "tiny", "prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ("completions", {"model": "tiny", "prompt": "hi", "best_of": 3}, 400, "best_of"),
-    ("completions", {"model": "tiny", "prompt": ["a", "b"]}, 400, "prompt"),
+    ("completions", {"model": "tiny", "prompt": ["a", 42]}, 400, "prompt"),
+    ("completions", {"model": "tiny", "prompt": []}, 400, "prompt"),
     ("completions", {"model": "tiny", "prompt": 42}, 400, "prompt"),
     ("completions", {"model": "tiny", "prompt": "   "}, 400, "prompt"),
     ("completions", b'{"model": "tiny", "prompt": "a\\udbe3b"}', 400, "prompt"),

@@ -11,7 +11,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from layerskip.serve import ServerConfig, create_app
+from layerskip.serve.app import create_app
+from layerskip.serve.config import ServerConfig
 from layerskip.serve.background import serving
 
 

@@ -26,6 +26,52 @@ def processed_probs(logits: Tensor, cfg: GenerationConfig) -> Tensor:
     return logits.softmax(-1)
 
 
+class LogitAdjuster:
+    """OpenAI's frequency and presence penalties and logit_bias, on logits of the full vocabulary:
+
+        logits[j] + bias[j] - frequency_penalty * c[j] - presence_penalty * (c[j] > 0)
+
+    where c[j] counts token j among the tokens generated so far (not the prompt, as OpenAI).
+    Drafts and verification are adjusted alike, each row seeing the drafts before it, so
+    self-speculation stays lossless with respect to the adjusted target. Inactive (all zero) it
+    returns logits untouched.
+    """
+
+    def __init__(self, cfg: GenerationConfig, vocab_size: int, device: torch.device | str):
+        self.frequency, self.presence = cfg.frequency_penalty, cfg.presence_penalty
+        self.active = bool(self.frequency or self.presence or cfg.logit_bias)
+        self.counts = torch.zeros(vocab_size, device=device)
+        self.bias = torch.zeros(vocab_size, device=device)
+        if cfg.logit_bias:
+            ids = torch.tensor(list(cfg.logit_bias), device=device)
+            self.bias[ids] = torch.tensor(list(cfg.logit_bias.values()), device=device)
+
+    def commit(self, ids: list[int]) -> None:
+        """Count tokens the output now holds."""
+        if self.active:
+            self.counts.index_add_(0, torch.tensor(ids, device=self.counts.device), self.counts.new_ones(len(ids)))
+
+    def __call__(self, logits: Tensor, drafts: Tensor | None = None, columns: Tensor | None = None) -> Tensor:
+        """One row of logits [V] after the committed tokens and then `drafts` [n]; `columns` are
+        the vocabulary ids a draft head's reduced logits [N] stand for."""
+        if not self.active:
+            return logits
+        counts = self.counts if drafts is None else self.counts + torch.bincount(drafts, minlength=len(self.counts))
+        delta = self._delta(counts)
+        return logits.float() + (delta if columns is None else delta[columns])
+
+    def rows(self, logits: Tensor, drafts: Tensor) -> Tensor:
+        """Verification logits [n + 1, V]: row i follows the committed tokens and drafts[:i] [n]."""
+        if not self.active:
+            return logits
+        seen = torch.nn.functional.one_hot(drafts, len(self.counts)).float().cumsum(0)  # [n, V]
+        counts = self.counts + torch.cat([seen.new_zeros(1, len(self.counts)), seen])
+        return logits.float() + self._delta(counts)
+
+    def _delta(self, counts: Tensor) -> Tensor:
+        return self.bias - self.frequency * counts - self.presence * (counts > 0).float()
+
+
 def sample(probs: Tensor, generator: torch.Generator | None) -> Tensor:
     """One token per row of probs [..., V] (returns [...])."""
     flat = probs.reshape(-1, probs.shape[-1])

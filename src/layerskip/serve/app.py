@@ -23,24 +23,29 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from layerskip import __version__
 from layerskip.errors import LayerSkipError
 from layerskip.generation.generate import Prompt, encode_prompt
-from layerskip.generation.output import GenerationResult
 from layerskip.model.loaded import LoadedModel
 from layerskip.serve.config import ServerConfig
-from layerskip.serve.engine import Engine, Job
+from layerskip.serve.engine import Completed, Engine, Job, Task
 from layerskip.serve.errors import APIError, install_error_handlers, unavailable
 from layerskip.serve.limits import BodyLimit, max_new_tokens
 from layerskip.serve.metrics import Metrics, RequestMetrics
-from layerskip.serve.protocol import Reply, generation_config, sse_stream
+from layerskip.serve.protocol import Logprobs, Reply, generation_config, sse_stream
 from layerskip.serve.schemas import (
+    MAX_CHOICES,
     ChatCompletionRequest,
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
+    DetokenizeRequest,
+    DetokenizeResponse,
     ErrorResponse,
     GenerationRequest,
     Health,
     ModelCard,
     ModelList,
+    TokenizeRequest,
+    TokenizeResponse,
+    TokenizerInfo,
 )
 from layerskip.serve.worker import QueueFull, Worker
 
@@ -67,6 +72,9 @@ class Server:
         self.model_name = self.cfg.served_model_name or loaded.name
         self.engine = Engine(loaded, self.worker, self.metrics)
 
+    def reply(self, chat: bool) -> Reply:
+        return Reply(self.model_name, chat, Logprobs(self.tokenizer))
+
     def load(self, loader: Loader) -> None:
         try:
             self.set_model(loader())
@@ -81,29 +89,55 @@ class Server:
             raise APIError(503, f"the model failed to load: {self.load_error}", "server_error", code="load_failed")
         raise unavailable("the model is still loading", self.cfg.retry_after_s, code="model_loading")
 
-    def start(self, req: GenerationRequest, prompt: Prompt, chat: bool) -> Job:
-        """Validate a request against the model and the limits, and queue its generation."""
+    def start(self, req: GenerationRequest, prompts: list[Prompt] | list[list[int]], chat: bool,
+              echo: bool = False) -> Job:
+        """Validate a request against the model and the limits, and queue its choices: n per
+        prompt, one after another."""
         engine = self.ready()
-        if req.model != self.model_name:
-            raise APIError(404, f"model {req.model!r} does not exist; this server serves {self.model_name!r}",
-                           param="model", code="model_not_found")
+        self.check_model(req.model)
         param = "messages" if chat else "prompt"
-        ids = self._encode(prompt, chat, param)
         mcfg = engine.loaded.config
-        n_new = max_new_tokens(len(ids), req.requested_max_tokens, self.cfg, mcfg.max_seq_len, param)
-        gen = generation_config(req, self.cfg.generation, n_new)
+        if len(prompts) * req.n > MAX_CHOICES:
+            raise APIError(400, f"{len(prompts)} prompts x n={req.n} choices exceed the limit of {MAX_CHOICES}",
+                           param="n")
+        if req.requested_max_tokens == 0 and not echo:
+            raise APIError(400, "max_tokens 0 only scores the prompt: it needs echo: true", param="max_tokens")
+        self.check_ids([int(i) for i in req.logit_bias or {}], "logit_bias")
+        tasks: list[Task] = []
+        for p, prompt in enumerate(prompts):
+            ids = self.encode(prompt, chat, param)
+            n_new = max_new_tokens(len(ids), req.requested_max_tokens, self.cfg, mcfg.max_seq_len, param)
+            shown = (prompt if isinstance(prompt, str) else self.tokenizer.decode(ids)) if echo else None
+            for j in range(req.n):
+                gen = generation_config(req, self.cfg.generation, n_new, j)
+                tasks.append(Task(len(tasks), p, ids, gen, n_new > 0, req.top_logprobs_n, shown))
         try:
-            gen.resolve_exit_layer(mcfg.n_layers, mcfg.recommended_exit_layer)
+            tasks[0].cfg.resolve_exit_layer(mcfg.n_layers, mcfg.recommended_exit_layer)
         except LayerSkipError as e:
             raise APIError(400, str(e), param="exit_layer") from e
-        job = Job(ids, gen, req.stream, self.cfg.timeout_s, asyncio.get_running_loop())
+        job = Job(tasks, req.stream, self.cfg.timeout_s, asyncio.get_running_loop())
         try:
             engine.submit(job)
         except QueueFull:
             raise unavailable("the server is busy: the request queue is full", self.cfg.retry_after_s) from None
         return job
 
-    def _encode(self, prompt: Prompt, chat: bool, param: str) -> list[int]:
+    def check_model(self, model: str | None) -> None:
+        if model is not None and model != self.model_name:
+            raise APIError(404, f"model {model!r} does not exist; this server serves {self.model_name!r}",
+                           param="model", code="model_not_found")
+
+    def check_ids(self, ids: list[int], param: str) -> None:
+        vocab = self.ready().loaded.config.vocab_size
+        bad = [i for i in ids if not 0 <= i < vocab]
+        if bad:
+            raise APIError(400, f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})", param=param)
+
+    def encode(self, prompt: Prompt | list[int], chat: bool, param: str) -> list[int]:
+        """Token ids of a prompt given as text, chat messages, or ids (checked against the vocabulary)."""
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+            self.check_ids(prompt, param)  # type: ignore[arg-type]
+            return list(prompt)  # type: ignore[arg-type]
         texts = [prompt] if isinstance(prompt, str) else [m["content"] for m in prompt]
         if not all(_is_unicode(t) for t in texts):
             raise APIError(400, f"the {param} is not valid Unicode (it has a lone surrogate)", param=param)
@@ -154,11 +188,11 @@ async def _cancel_on_disconnect(request: Request, job: Job) -> None:
     job.cancelled.set()
 
 
-async def _result(request: Request, job: Job) -> GenerationResult:
-    """The finished generation; a client that leaves meanwhile cancels it."""
+async def _results(request: Request, job: Job) -> list[Completed]:
+    """The finished choices; a client that leaves meanwhile cancels them."""
     watcher = asyncio.create_task(_cancel_on_disconnect(request, job))
     try:
-        return await job.result()
+        return await job.results()
     finally:
         watcher.cancel()
 
@@ -167,7 +201,7 @@ async def _answer(request: Request, job: Job, reply: Reply, req: GenerationReque
     if req.stream:
         return StreamingResponse(sse_stream(job, reply, req.include_usage), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    return reply.response(await _result(request, job))
+    return reply.response(await _results(request, job))
 
 
 def _routes(server: Server) -> APIRouter:
@@ -183,15 +217,45 @@ def _routes(server: Server) -> APIRouter:
     @api.post("/v1/completions", response_model=CompletionResponse,
               responses=_STREAMED | _errors(400, 404, 413, 503, 504))
     async def completions(req: CompletionRequest, request: Request) -> Any:
-        job = server.start(req, req.prompt_text, chat=False)
-        return await _answer(request, job, Reply(server.model_name, chat=False), req)
+        job = server.start(req, req.prompts, chat=False, echo=req.echo)
+        return await _answer(request, job, server.reply(chat=False), req)
 
     @api.post("/v1/chat/completions", response_model=ChatCompletionResponse,
               responses=_STREAMED | _errors(400, 404, 413, 503, 504))
     async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
         messages = [m.as_template_input() for m in req.messages]
-        job = server.start(req, messages, chat=True)
-        return await _answer(request, job, Reply(server.model_name, chat=True), req)
+        job = server.start(req, [messages], chat=True)
+        return await _answer(request, job, server.reply(chat=True), req)
+
+    @api.post("/tokenize", response_model=TokenizeResponse, responses=_errors(400, 404, 413, 503))
+    async def tokenize(req: TokenizeRequest) -> TokenizeResponse:
+        """Token ids of a prompt (optionally without special tokens), or of chat messages as
+        /v1/chat/completions renders them."""
+        engine = server.ready()
+        server.check_model(req.model)
+        if (req.prompt is None) == (req.messages is None):
+            raise APIError(400, "give either prompt or messages", param="prompt")
+        if req.prompt is not None:
+            if not _is_unicode(req.prompt):
+                raise APIError(400, "the prompt is not valid Unicode (it has a lone surrogate)", param="prompt")
+            ids = server.tokenizer(req.prompt, add_special_tokens=req.add_special_tokens).input_ids
+        else:
+            ids = server.encode([m.as_template_input() for m in req.messages], True, "messages")
+        return TokenizeResponse(count=len(ids), max_model_len=engine.loaded.config.max_seq_len, tokens=ids)
+
+    @api.post("/detokenize", response_model=DetokenizeResponse, responses=_errors(400, 404, 413, 503))
+    async def detokenize(req: DetokenizeRequest) -> DetokenizeResponse:
+        server.ready()
+        server.check_model(req.model)
+        server.check_ids(req.tokens, "tokens")
+        return DetokenizeResponse(prompt=server.tokenizer.decode(req.tokens))
+
+    @api.get("/tokenizer_info", response_model=TokenizerInfo, responses=_errors(503))
+    async def tokenizer_info() -> TokenizerInfo:
+        engine, tok = server.ready(), server.tokenizer
+        return TokenizerInfo(eos_token=tok.eos_token, bos_token=tok.bos_token, pad_token=tok.pad_token,
+                             chat_template=getattr(tok, "chat_template", None),
+                             model_max_length=engine.loaded.config.max_seq_len)
 
     @api.get("/metrics", include_in_schema=False)  # for Prometheus, not for API clients
     async def metrics() -> PlainTextResponse:

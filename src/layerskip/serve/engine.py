@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from layerskip.generation.config import GenerationConfig
 from layerskip.generation.generate import generate_ids, model_eos_ids
-from layerskip.generation.output import REJECTED, GenerationResult, TokenCallback
+from layerskip.generation.output import REJECTED, GenerationResult, TokenCallback, cut_at_stop_strings
+from layerskip.generation.scoring import TokenLogprobs, sequence_logprobs
 from layerskip.generation.streaming import TextStream
 from layerskip.model.loaded import LoadedModel
 from layerskip.serve.errors import APIError
@@ -23,10 +24,36 @@ log = logging.getLogger("layerskip.serve")
 
 
 @dataclass
+class Task:
+    """One choice of a request: a prompt, how to continue it and what to score."""
+
+    index: int
+    prompt_index: int  # the n choices of one prompt share it
+    prompt_ids: list[int]
+    cfg: GenerationConfig
+    generate: bool = True  # False: max_tokens 0, the prompt is only scored
+    top_logprobs: int | None = None  # logprobs asked for, with this many alternatives
+    echo: str | None = None  # the prompt's text, returned before the completion
+
+
+@dataclass
+class Completed:
+    """A finished choice. Logprobs are of prompt_ids[1:] (echo) and of the generated tokens."""
+
+    task: Task
+    result: GenerationResult | None
+    prompt_logprobs: TokenLogprobs | None = None
+    logprobs: TokenLogprobs | None = None
+
+
+@dataclass
 class Event:
+    index: int = 0  # the choice it belongs to
     text: str = ""  # a streamed text delta
-    result: GenerationResult | None = None  # the last event of a finished generation
-    error: APIError | None = None  # the last event of a failed one
+    echo: bool = False  # the text is the prompt (echo), before the choice's first token
+    logprobs: TokenLogprobs | None = None  # of the tokens behind `text` (streams with logprobs)
+    done: Completed | None = None  # the last event of a choice
+    error: APIError | None = None  # the last event of a failed request
 
 
 def timed_out(timeout_s: float) -> APIError:
@@ -46,8 +73,9 @@ class _Stop(Exception):
 
 @dataclass
 class Job:
-    prompt_ids: list[int]
-    cfg: GenerationConfig
+    """A request's tasks, run one after another on the worker."""
+
+    tasks: list[Task]
     stream: bool
     timeout_s: float
     loop: asyncio.AbstractEventLoop
@@ -73,9 +101,10 @@ class Job:
             raise _Stop(timed_out(self.timeout_s))
 
     async def stream_events(self) -> AsyncIterator[Event]:
-        """Events until the last one; cancels the job if the consumer stops early or time runs out."""
+        """Events until every task is done; cancels the job if the consumer stops early or time runs out."""
+        left = len(self.tasks)
         try:
-            while True:
+            while left:
                 try:
                     event = await asyncio.wait_for(self.events.get(), max(self.deadline - time.monotonic(), 0))
                 except TimeoutError:
@@ -83,24 +112,18 @@ class Job:
                 if event.error is not None:
                     raise event.error
                 yield event
-                if event.result is not None:
-                    return
+                left -= event.done is not None
         finally:
             self.cancelled.set()  # a no-op once the generation has finished
 
-    async def result(self) -> GenerationResult:
-        async for event in self.stream_events():
-            if event.result is not None:
-                return event.result
-        raise AssertionError("the event stream ended without a result")
+    async def results(self) -> list[Completed]:
+        return [event.done async for event in self.stream_events() if event.done is not None]
 
 
 def releasable(text: str, stop_strings: list[str]) -> str:
     """The part of `text` that is safe to stream: cut at a stop string, and hold back a tail that
     could be the start of one (the next token may complete it)."""
-    for s in stop_strings:
-        if s in text:
-            text = text[: text.index(s)]
+    text = cut_at_stop_strings(text, stop_strings)
     hold = max((n for s in stop_strings for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
     return text[: len(text) - hold]
 
@@ -118,33 +141,62 @@ class Engine:
 
     def _run(self, job: Job) -> None:
         try:
-            job.check()  # it may have waited past its deadline, or its client may have left
-            result = generate_ids(self.loaded, job.prompt_ids, job.cfg, self._callback(job))
+            for task in job.tasks:
+                job.check()  # it may have waited past its deadline, or its client may have left
+                job.post(Event(task.index, done=self._complete(job, task)))
         except _Stop as e:
             self.metrics.stopped.labels(e.error.code).inc()
             job.post(Event(error=e.error))
-            return
         except Exception:
             log.exception("generation failed")
             job.post(Event(error=APIError(500, "generation failed", "server_error")))
-            return
-        self.metrics.record(result)
-        job.post(Event(result=result))
 
-    def _callback(self, job: Job) -> TokenCallback:
-        """Check for cancellation at every commit; for streams, post the new releasable text."""
+    def _complete(self, job: Job, task: Task) -> Completed:
+        prompt_lp = None
+        if task.echo is not None:
+            if task.top_logprobs is not None:
+                prompt_lp = self._score(task, task.prompt_ids, 1)
+            if job.stream:
+                job.post(Event(task.index, text=task.echo, echo=True, logprobs=prompt_lp))
+        if not task.generate:
+            return Completed(task, None, prompt_lp)
+        result = generate_ids(self.loaded, task.prompt_ids, task.cfg, self._callback(job, task))
+        self.metrics.record(result)
+        logprobs = None
+        if task.top_logprobs is not None:
+            logprobs = self._score(task, task.prompt_ids + result.token_ids, len(task.prompt_ids))
+        return Completed(task, result, prompt_lp, logprobs)
+
+    def _score(self, task: Task, ids: list[int], start: int) -> TokenLogprobs:
+        """Logprobs from the layers that decide the tokens: all of them, or E for early exit."""
+        mcfg = self.loaded.config
+        exit_layer = None
+        if task.cfg.strategy == "early_exit":
+            exit_layer = task.cfg.resolve_exit_layer(mcfg.n_layers, mcfg.recommended_exit_layer)
+        return sequence_logprobs(self.loaded.model, ids, start, task.top_logprobs or 0, exit_layer)
+
+    def _callback(self, job: Job, task: Task) -> TokenCallback:
+        """Check for cancellation at every commit; for streams, post the new releasable text (and
+        the logprobs of the tokens committed since the last post)."""
         stream = TextStream(self.loaded.tokenizer, self._eos)
-        sent = 0
+        committed: list[int] = []
+        sent = scored = 0
 
         def on_tokens(ids: list[int], kind: str) -> None:
-            nonlocal sent
+            nonlocal sent, scored
             job.check()
             if not job.stream or kind == REJECTED:
                 return
             stream.push(ids)
-            text = releasable(stream.emitted, job.cfg.stop_strings)
+            committed.extend(ids)
+            text = releasable(stream.emitted, task.cfg.stop_strings)
             if len(text) > sent:
-                job.post(Event(text=text[sent:]))
+                logprobs = None
+                if task.top_logprobs is not None:
+                    n = len(task.prompt_ids)
+                    logprobs = self._score(task, task.prompt_ids + committed, n + scored)
+                    scored = len(committed)
+                job.post(Event(task.index, text=text[sent:], logprobs=logprobs))
                 sent = len(text)
 
         return on_tokens

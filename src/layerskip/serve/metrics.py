@@ -40,10 +40,11 @@ class Metrics:
         self.generated_tokens.inc(result.num_new_tokens)
         self.ttft.observe(result.time_to_first_token_s)
         self.generation_time.observe(result.total_time_s)
-        if result.stats.num_drafted:
+        if result.speculative:
             self.drafted.inc(result.stats.num_drafted)
             self.accepted.inc(result.stats.num_accepted)
-            self.acceptance.observe(result.stats.acceptance_rate)
+            if result.stats.num_drafted:  # a one-token answer drafts nothing: no rate to observe
+                self.acceptance.observe(result.stats.acceptance_rate)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
