@@ -1,7 +1,7 @@
 """Resumable checkpoints, written atomically: a run killed at any moment resumes exactly.
 
 A checkpoint holds the trainable weights, optimiser and scheduler state, the step (which is
-also the data position, see `data.batch_indices`) and every process's RNG state. It is written
+also the data position, see `data.batch_indices`) and every process's RNG states (CPU and GPU). It is written
 to a temporary directory and renamed into place, then `latest` is replaced atomically, so a
 reader never sees half a checkpoint.
 """
@@ -37,6 +37,23 @@ def trainable_names(module: nn.Module) -> set[str]:
     return {n for n, p in module.named_parameters() if p.requires_grad}
 
 
+def rng_state(device: torch.device) -> dict[str, Tensor]:
+    """The generators this process draws on: the CPU's, and its GPU's, on which layer dropout
+    draws when the model is there (`torch.rand(..., device=h.device)`, the default generator)."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Tensor] | Tensor, device: torch.device) -> None:
+    """Restore `rng_state`; a bare tensor is the CPU state alone, as older checkpoints hold."""
+    state = {"cpu": state} if isinstance(state, Tensor) else state
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
 @dataclass
 class Checkpointer:
     root: Path
@@ -56,9 +73,9 @@ class Checkpointer:
         model_sd, optim_sd = self._gather(module, optimizer)
         rng = [None] * self.env.world
         if self.env.sharded:
-            dist.all_gather_object(rng, torch.get_rng_state())
+            dist.all_gather_object(rng, rng_state(self.env.device))
         else:
-            rng = [torch.get_rng_state()]
+            rng = [rng_state(self.env.device)]
         if self.env.is_main:
             names = trainable_names(module)
             state = {
@@ -113,5 +130,5 @@ class Checkpointer:
                 raise LayerSkipError(f"checkpoint {path} does not match the model: {unexpected[:3]}")
             optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"][self.env.rank])
+        set_rng_state(state["rng"][self.env.rank], self.env.device)
         return int(state["step"])

@@ -15,6 +15,7 @@ class Env:
     rank: int
     world: int
     device: torch.device
+    owns_group: bool = False  # init() created the process group, so close() destroys it
 
     @property
     def is_main(self) -> bool:
@@ -31,14 +32,15 @@ def init() -> Env:
     if world == 1:
         return Env(0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = torch.cuda.is_available()
-    if not dist.is_initialized():
+    owns_group = not dist.is_initialized()
+    if owns_group:
         dist.init_process_group("nccl" if cuda else "gloo")
     rank = dist.get_rank()
     device = torch.device("cpu")
     if cuda:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    return Env(rank, world, device)
+    return Env(rank, world, device, owns_group)
 
 
 def shard(objective: nn.Module, layers: nn.ModuleList) -> None:
@@ -51,9 +53,10 @@ def shard(objective: nn.Module, layers: nn.ModuleList) -> None:
 
 
 def mean(x: Tensor, env: Env) -> Tensor:
-    """Average a scalar over processes (for logging)."""
+    """Average a tensor over processes (for logging), reduced on the process's device: NCCL
+    accepts only tensors on the GPU it was set up for."""
     if env.sharded:
-        x = x.detach().clone()
+        x = x.detach().to(env.device, copy=True)
         dist.all_reduce(x)
         x /= env.world
     return x
@@ -65,5 +68,6 @@ def barrier(env: Env) -> None:
 
 
 def close(env: Env) -> None:
-    if env.sharded and dist.is_initialized():
+    """Destroy the process group if `init` created it; a caller's own group stays theirs."""
+    if env.owns_group and dist.is_initialized():
         dist.destroy_process_group()

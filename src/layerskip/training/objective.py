@@ -79,8 +79,8 @@ class LayerSkipObjective(nn.Module):
         labels = labels.flatten()
         flat = {e: h.flatten(0, 1) for e, h in hidden.items()}
         valid = labels != IGNORE_INDEX
-        loss = {e: torch.zeros(()) for e in flat}
-        agree = {e: torch.zeros(()) for e in flat}
+        loss = {e: h.new_zeros((), dtype=torch.float32) for e, h in flat.items()}  # on the loss's device
+        agree = {e: h.new_zeros((), dtype=torch.float32) for e, h in flat.items()}
         step = self.cfg.chunk_tokens
         for i in range(0, labels.shape[0], step):
             sl = slice(i, i + step)

@@ -115,8 +115,8 @@ class Trainer:
     def train_step(self) -> dict[str, Any]:
         """One optimiser step over grad_accum micro-batches; returns its logged metrics."""
         o, plan = self.cfg.optim, step_plan(self.cfg, self.n_layers, self.step)
-        data = self.train_data
-        total, per_exit = torch.zeros(()), {e: torch.zeros(()) for e in plan.exits}
+        data, device = self.train_data, self.env.device
+        sums = torch.zeros(1 + len(plan.exits), device=device)  # loss, then each exit's; no host sync per micro-batch
         for micro in range(o.grad_accum):
             idx = batch_indices(
                 len(data), self.cfg.run.seed, self.step, micro, self.env.rank, self.env.world,
@@ -125,21 +125,21 @@ class Trainer:
             if self.env.sharded:  # reduce-scatter gradients only on the last micro-batch
                 self.objective.set_requires_gradient_sync(micro == o.grad_accum - 1)
             with self.autocast():
-                out = self.objective(data.inputs[idx].to(self.env.device), data.labels[idx].to(self.env.device), plan)
+                out = self.objective(data.inputs[idx].to(device), data.labels[idx].to(device), plan)
             (out.loss / o.grad_accum).backward()
-            total += out.loss.detach().float().cpu() / o.grad_accum
-            for e, v in out.exit_loss.items():
-                per_exit[e] += v.detach().float().cpu() / o.grad_accum
+            losses = [out.loss, *(out.exit_loss[e] for e in plan.exits)]
+            sums += torch.stack(losses).detach().float() / o.grad_accum
         grad_norm = self._clip()
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        loss, *exit_loss = distributed.mean(sums, self.env).tolist()  # one collective, one host sync
         return {
             "step": self.step,
-            "loss": distributed.mean(total, self.env).item(),
-            "exit_loss": {str(e): distributed.mean(v, self.env).item() for e, v in per_exit.items()},
+            "loss": loss,
+            "exit_loss": {str(e): v for e, v in zip(plan.exits, exit_loss)},
             "lr": lr,
             "grad_norm": grad_norm,
         }
@@ -157,19 +157,18 @@ class Trainer:
             return {}
         exits = sorted(set(self.cfg.run.eval_layers or range(1, self.n_layers)) | {self.n_layers})
         plan = StepPlan(exits, [0.0] * len(exits), [0.0] * self.n_layers)
-        sums = {e: torch.zeros(2) for e in exits}
-        data, bs = self.eval_data, self.cfg.optim.batch_size
+        data, bs, device = self.eval_data, self.cfg.optim.batch_size, self.env.device
+        sums = torch.zeros(len(exits), 2, device=device)  # per exit: token-weighted loss, agreement
         self.objective.eval()
         with torch.no_grad(), self.autocast():
             for i in range(0, len(data), bs):
-                out = self.objective(data.inputs[i : i + bs].to(self.env.device),
-                                     data.labels[i : i + bs].to(self.env.device), plan)
-                n = (data.labels[i : i + bs] != IGNORE_INDEX).sum()
-                for e in exits:
-                    sums[e] += torch.stack([out.exit_loss[e].cpu(), out.agreement[e].cpu()]) * n
+                labels = data.labels[i : i + bs].to(device)
+                out = self.objective(data.inputs[i : i + bs].to(device), labels, plan)
+                per_exit = [torch.stack([out.exit_loss[e], out.agreement[e]]) for e in exits]
+                sums += torch.stack(per_exit).float() * (labels != IGNORE_INDEX).sum()
         self.objective.train()
         n_all = max(1, data.n_tokens)
-        return {e: {"loss": s[0].item() / n_all, "agreement": s[1].item() / n_all} for e, s in sums.items()}
+        return {e: {"loss": s[0] / n_all, "agreement": s[1] / n_all} for e, s in zip(exits, sums.tolist())}
 
     def run(self) -> TrainResult:
         run = self.cfg.run
