@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from layerskip.errors import LayerSkipError
 from layerskip.generation.config import GenerationConfig
 
 
@@ -43,8 +44,11 @@ class LogitAdjuster:
         self.counts = torch.zeros(vocab_size, device=device)
         self.bias = torch.zeros(vocab_size, device=device)
         if cfg.logit_bias:
+            if max(cfg.logit_bias) >= vocab_size:
+                raise LayerSkipError(f"logit_bias: token id {max(cfg.logit_bias)} is outside the vocabulary "
+                                     f"(0..{vocab_size - 1})")
             ids = torch.tensor(list(cfg.logit_bias), device=device)
-            self.bias[ids] = torch.tensor(list(cfg.logit_bias.values()), device=device)
+            self.bias[ids] = torch.tensor(list(cfg.logit_bias.values()), dtype=self.bias.dtype, device=device)
 
     def commit(self, ids: list[int]) -> None:
         """Count tokens the output now holds."""
