@@ -17,8 +17,8 @@ from layerskip.generation.generate import generate
 from layerskip.model.loaded import LoadedModel
 from layerskip.model.loading import load_model
 from layerskip.serve.app import create_app
-from layerskip.serve.config import ServerConfig
 from layerskip.serve.background import serving
+from layerskip.serve.config import ServerConfig
 
 API_KEY = "test-key"
 PROMPT = "The quick brown fox"

@@ -16,8 +16,8 @@ import torch
 from layerskip.eval.scoring import score_continuations
 from layerskip.model.loaded import LoadedModel
 from layerskip.serve.app import create_app
-from layerskip.serve.config import ServerConfig
 from layerskip.serve.background import serving
+from layerskip.serve.config import ServerConfig
 
 PROMPT = "The quick brown fox"
 GREEDY = {"model": "tiny", "temperature": 0, "max_tokens": 12}

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from layerskip.serve.app import create_app
-from layerskip.serve.config import ServerConfig
 from layerskip.serve.background import serving
+from layerskip.serve.config import ServerConfig
 
 
 @pytest.fixture(scope="module")
