@@ -76,3 +76,15 @@ def test_quantised_perfect_draft_accepts_everything(tiny_dir):
     cfg = GenerationConfig(strategy="self_speculative", exit_layer=2, num_speculations=4, max_new_tokens=21,
                            ignore_eos=True)
     assert generate_ids(lm, [5, 6, 7], cfg).stats.acceptance_rate == 1.0
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_layers_silenced_after_quantising_are_the_identity(tiny_dir, mode):
+    """A perfect-draft model made from an already quantised one: exit at E equals the final logits."""
+    lm = load_model(str(tiny_dir), dtype=mode)
+    silence_layers(lm.model, 2)
+    ids = torch.arange(3, 30)[None]
+    with torch.no_grad():
+        assert torch.equal(lm.model(ids, end_layer=2), lm.model(ids))
+    cfg = GenerationConfig(strategy="self_speculative", exit_layer=2, num_speculations=4, max_new_tokens=11)
+    assert generate_ids(lm, [5, 6, 7], cfg).stats.acceptance_rate == 1.0

@@ -11,13 +11,12 @@ import torch
 
 from layerskip.cache_paths import cache_root, file_key
 from layerskip.errors import LayerSkipError
-from layerskip.model import weight_cache, weights
-from layerskip.model.adapters import merge_adapter
-from layerskip.model.compiled import compile_layers
+from layerskip.model import checkpoint, weights
+from layerskip.model.adapters import read_adapter
+from layerskip.model.assemble import Target, assemble
 from layerskip.model.config import ModelConfig
-from layerskip.model.llama import Transformer
 from layerskip.model.loaded import LoadedModel
-from layerskip.model.quantize import ACTIVATION_DTYPE, QUANT_MODES, quantize
+from layerskip.model.quantize import ACTIVATION_DTYPE, QUANT_MODES
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _DEFAULT_ALIASES = {DEFAULT_MODEL, "default", "smollm2", "SmolLM2-135M-Instruct"}
@@ -80,7 +79,7 @@ def _download(repo_id: str) -> Path:
 
 def load_config(path: Path) -> ModelConfig:
     if path.suffix == ".gguf":
-        return ModelConfig.from_gguf_fields(read_gguf_fields(_gguf_reader(path)))
+        return ModelConfig.from_gguf_fields(checkpoint.read_gguf_fields(checkpoint.gguf_reader(path)))
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise LayerSkipError(f"{path} has no config.json (not a HF model directory)")
@@ -103,93 +102,29 @@ def load_model(
 ) -> LoadedModel:
     """Load model and tokenizer; the one entry point the CLI, server, bench and eval share.
 
+    Weights are read one tensor at a time straight into the model (model/assemble.py), so loading
+    holds them once, in `dtype`, on `device`.
     `adapter`: a peft LoRA adapter directory (from `layerskip train`) folded into the weights.
-    `compile`: torch.compile every block (model/compiled.py; the first generations compile).
+    `compile`: generation compiles its decode steps (model/compiled.py; the first calls compile).
     """
     quant = dtype if dtype in QUANT_MODES else None  # weight-only int8/int4, bfloat16 activations
-    torch_dtype = ACTIVATION_DTYPE if quant else parse_dtype(dtype)
+    target_device = torch.device(device)
+    if quant and target_device.type != "cpu":
+        raise LayerSkipError("weight-only int8/int4 kernels are CPU kernels; load the model on cpu")
     path = resolve(name)
     cfg = load_config(path)
-    sd = _load_gguf_state_dict(path, cfg) if path.suffix == ".gguf" else _load_hf_state_dict(path, cfg)
-    with torch.device("meta"):
-        model = Transformer(cfg)
-    model.load_state_dict(sd, strict=True, assign=True)
-    if cfg.tie_word_embeddings:
-        model.output.weight = model.tok_embeddings.weight
-    if adapter is not None:
-        _apply_adapter(model, Path(adapter))
-    model = model.to(device=device, dtype=torch_dtype).eval().requires_grad_(False)
-    if quant:
-        quantize(model, quant)
-    if compile:
-        compile_layers(model)
-    return LoadedModel(model, load_tokenizer(path), name or DEFAULT_MODEL, path)
-
-
-def _apply_adapter(model: Transformer, path: Path) -> None:
-    """Merge a LoRA adapter in float32 before any cast; it may name the exit layer to use."""
-    meta = merge_adapter(model, path)
-    if meta.get("recommended_exit_layer") is not None:
-        model.config.recommended_exit_layer = int(meta["recommended_exit_layer"])
-
-
-def _load_hf_state_dict(path: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    lora = None if adapter is None else read_adapter(Path(adapter))
+    if path.suffix == ".gguf":
+        source = checkpoint.open_gguf(path)
+        mapping = weights.gguf_mapping(source.names(), cfg)
     else:
-        files = sorted(p.name for p in path.glob("*.safetensors"))
-    sd: dict[str, torch.Tensor] = {}
-    if files:
-        for f in files:
-            try:
-                sd.update(load_file(path / f))
-            except Exception as e:
-                raise LayerSkipError(f"cannot read {path / f}: corrupt or truncated safetensors ({e})") from e
-    elif (path / "pytorch_model.bin").is_file():
-        try:  # weights_only: never unpickle arbitrary objects from a checkpoint
-            sd = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise LayerSkipError(f"cannot read {path / 'pytorch_model.bin'}: {e}") from e
-    else:
-        raise LayerSkipError(f"{path} has no *.safetensors weights")
-    return {k: v.float() for k, v in weights.from_hf(sd, cfg).items()}
-
-
-def _gguf_reader(path: Path) -> Any:
-    from gguf import GGUFReader
-
-    try:
-        return GGUFReader(path)
-    except Exception as e:
-        raise LayerSkipError(f"cannot read {path}: not a valid GGUF file or truncated ({e})") from e
-
-
-def read_gguf_fields(reader: Any) -> dict[str, Any]:
-    """Decode the scalar/string/array metadata of a GGUF file into plain Python values."""
-    fields: dict[str, Any] = {}
-    for key, field in reader.fields.items():
-        try:
-            fields[key] = field.contents()
-        except Exception:  # fields we cannot decode are not needed
-            continue
-    return fields
-
-
-def _load_gguf_state_dict(path: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    from gguf.quants import dequantize
-
-    tensors = weight_cache.load(path)
-    if tensors is None:
-        reader = _gguf_reader(path)
-        try:
-            tensors = {t.name: dequantize(t.data, t.tensor_type) for t in reader.tensors}
-        except Exception as e:
-            raise LayerSkipError(f"cannot dequantize {path}: corrupt or truncated GGUF ({e})") from e
-        weight_cache.save(path, tensors)
-    return weights.from_gguf(tensors, cfg)
+        source = checkpoint.open_hf(path)
+        mapping = weights.hf_mapping(source.names(), cfg)
+    target = Target(ACTIVATION_DTYPE if quant else parse_dtype(dtype), target_device, quant, lora)
+    model = assemble(cfg, source, mapping, target)
+    if lora is not None and lora.meta.get("recommended_exit_layer") is not None:
+        model.config.recommended_exit_layer = int(lora.meta["recommended_exit_layer"])
+    return LoadedModel(model, load_tokenizer(path), name or DEFAULT_MODEL, path, compile=compile)
 
 
 def _tokenizer_cache_dir(path: Path) -> Path:

@@ -100,6 +100,15 @@ def quantize_linear(linear: nn.Linear, mode: str, group_size: int = DEFAULT_GROU
 
 
 @torch.no_grad()
+def quantize_slot(model: nn.Module, name: str, mode: str, group_size: int = DEFAULT_GROUP_SIZE) -> None:
+    """Swap the nn.Linear at `name` (e.g. `layers.0.attention.wqkv`) for its quantised form: the
+    loader calls this as each weight arrives, so no full-precision model ever exists."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    setattr(parent, child, quantize_linear(getattr(parent, child), mode, group_size))
+
+
+@torch.no_grad()
 def quantize(model: Transformer, mode: str, group_size: int = DEFAULT_GROUP_SIZE) -> Transformer:
     """Quantise every linear layer (projections and LM head) in place; CPU only, inference only.
 

@@ -23,9 +23,16 @@ def random_model(cfg: ModelConfig, seed: int = 0, std: float = 0.02) -> Transfor
 
 @torch.no_grad()
 def silence_layers(model: Transformer, from_layer: int) -> Transformer:
-    """Zero the output projections of layers >= from_layer: each becomes the identity on the
-    residual stream, so draft acceptance at any E >= from_layer is 100 %."""
+    """Make the output projections of layers >= from_layer output exact zeros: each layer becomes
+    the identity on the residual stream, so draft acceptance at any E >= from_layer is 100 %.
+
+    Every floating-point tensor of the projection is zeroed, so this holds for a quantised layer
+    too: int8 and int4 scales (and int4 zero points) of 0 decode every weight to 0, whereas zeroed
+    int4 codes would decode to each group's minimum.
+    """
     for layer in model.layers[from_layer:]:
-        layer.attention.wo.weight.zero_()
-        layer.feed_forward.w2.weight.zero_()
+        for module in (layer.attention.wo, layer.feed_forward.w2):
+            for t in (*module.parameters(), *module.buffers()):
+                if t.is_floating_point():
+                    t.zero_()
     return model
