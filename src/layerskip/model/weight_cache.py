@@ -9,18 +9,16 @@ time and read lazily, so neither side ever holds all the float32 tensors at once
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import struct
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
+import torch
 
 from layerskip.cache_paths import cache_root, file_key
-
-_ALIGN = 8  # safetensors pads its header so every tensor starts 8-byte aligned
+from layerskip.model.streaming import write_safetensors
 
 
 def cache_file(gguf: Path) -> Path:
@@ -51,7 +49,7 @@ def save(gguf: Path, shapes: dict[str, tuple[int, ...]], read: Callable[[str], n
     try:
         f.parent.mkdir(parents=True, exist_ok=True)
         with tmp.open("wb") as out:
-            _write(out, shapes, read)
+            write_safetensors(out, shapes, torch.float32, lambda name: torch.from_numpy(read(name)))
         tmp.replace(f)
         return True
     except (OSError, ValueError):
@@ -59,22 +57,3 @@ def save(gguf: Path, shapes: dict[str, tuple[int, ...]], read: Callable[[str], n
     finally:
         with contextlib.suppress(OSError):  # gone after the rename, or never created
             tmp.unlink(missing_ok=True)
-
-
-def _write(out: BinaryIO, shapes: dict[str, tuple[int, ...]], read: Callable[[str], np.ndarray]) -> None:
-    """The safetensors layout by hand (8-byte header length, JSON header, raw data): its own
-    writer needs every tensor in memory at once."""
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, shape in shapes.items():
-        size = 4 * int(np.prod(shape, dtype=np.int64))
-        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-(len(text) + 8) % _ALIGN)
-    out.write(struct.pack("<Q", len(text)) + text)
-    for name, shape in shapes.items():
-        array = np.ascontiguousarray(read(name), dtype=np.float32)
-        if array.shape != tuple(shape):
-            raise ValueError(f"{name}: dequantised to {array.shape}, expected {shape}")  # not cached
-        out.write(memoryview(array).cast("B"))
