@@ -30,7 +30,6 @@ import torch
 
 from layerskip import GenerationConfig, generate_ids, load_model
 from layerskip.bench.cost_model import measure_costs, measure_read_bandwidth, weight_bytes
-from layerskip.model.compiled import compile_layers
 from layerskip.model.loaded import LoadedModel
 from layerskip.model.quantize import quantize
 from layerskip.model.synthetic import silence_layers
@@ -50,12 +49,11 @@ def perfect_draft(lm: LoadedModel) -> LoadedModel:
 
 def variants(lm: LoadedModel, compiled: bool) -> dict[str, LoadedModel]:
     """The float32 model, a bfloat16 copy and weight-only int8 / int4 copies (bfloat16 activations);
-    with `compiled`, torch.compile'd copies of float32, bfloat16 and int4 too."""
+    with `compiled`, the float32, bfloat16 and int4 models again with compiled decode steps."""
     out = {"float32": lm, "bfloat16": with_model(lm, copy.deepcopy(lm.model).to(torch.bfloat16))}
     out |= {mode: with_model(lm, quantize(copy.deepcopy(lm.model), mode)) for mode in ("int8", "int4")}
     if compiled:
-        out |= {f"{d} compiled": with_model(lm, compile_layers(copy.deepcopy(out[d].model)))
-                for d in ("float32", "bfloat16", "int4")}
+        out |= {f"{d} compiled": replace(out[d], compile=True) for d in ("float32", "bfloat16", "int4")}
     return out
 
 

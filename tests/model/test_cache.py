@@ -3,11 +3,12 @@
 import torch
 
 from layerskip.model.cache import ExitQueryCache
+from layerskip.model.llama import positions
 
 
 def _decode(model, tokens: list[int], start: int) -> torch.Tensor:
     """Logits of each token fed one at a time from position `start`."""
-    out = [model(torch.tensor([[t]]), start_pos=start + i)[0, -1] for i, t in enumerate(tokens)]
+    out = [model(torch.tensor([[t]]), positions(start + i, 1))[0, -1] for i, t in enumerate(tokens)]
     return torch.stack(out)
 
 
@@ -16,13 +17,13 @@ def test_rollback_then_regenerate_matches_fresh_run(tiny):
     model = tiny.model
     prompt, first, second = list(range(3, 20)), [30, 31, 32, 33, 34], [40, 41, 42, 43, 44]
     model.setup_caches(64)
-    model(torch.tensor([prompt]), start_pos=0)
+    model(torch.tensor([prompt]), positions(0, len(prompt)), from_start=True)
     _decode(model, first, len(prompt))  # fills 5 slots that will become stale
     rolled_back = _decode(model, second, len(prompt))  # roll back 5 tokens: restart at the same position
 
     model.clear_caches()
     model.setup_caches(64)
-    model(torch.tensor([prompt]), start_pos=0)
+    model(torch.tensor([prompt]), positions(0, len(prompt)), from_start=True)
     fresh = _decode(model, second, len(prompt))
     torch.testing.assert_close(rolled_back, fresh, rtol=0, atol=1e-6)
 
@@ -32,7 +33,7 @@ def test_cached_decode_matches_full_forward(tiny):
     model = tiny.model
     ids = list(range(3, 40))
     model.setup_caches(64)
-    prefill = model(torch.tensor([ids[:10]]), start_pos=0)[0]
+    prefill = model(torch.tensor([ids[:10]]), positions(0, 10))[0]
     steps = _decode(model, ids[10:], 10)
     full = model(torch.tensor([ids]))[0]
     torch.testing.assert_close(torch.cat([prefill, steps]), full, rtol=1e-4, atol=1e-4)

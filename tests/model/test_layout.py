@@ -1,6 +1,6 @@
-"""The decoding layout: setup_caches packs linear weights for oneDNN (the tied head is transposed
-in float32 instead), outputs do not change beyond float rounding, clear_caches restores the exact
-plain weights."""
+"""The decoding layout: pack_for_decoding packs linear weights for oneDNN (the tied head is
+transposed in float32 instead), outputs do not change beyond float rounding, unpack restores the
+exact plain weights; generation applies it from outside the model (prepare_for_decoding)."""
 
 import copy
 
@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from layerskip.model.packing import PackedLinear, decoding_linear
+from layerskip.generation.steps import prepare_for_decoding
+from layerskip.model.packing import PackedLinear, decoding_linear, pack_for_decoding, unpack
 from layerskip.model.saving import save_pretrained
 from layerskip.model.synthetic import random_model
 
@@ -17,15 +18,17 @@ from ..conftest import tiny_config
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_setup_caches_packs_and_clear_caches_restores_exact_weights(dtype):
+def test_packing_keeps_outputs_and_unpack_restores_exact_weights(dtype):
     model = random_model(tiny_config(tie_word_embeddings=True), std=0.2).to(dtype)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ids = torch.arange(3, 30)[None]
     with torch.no_grad():
         ref = model(ids).float()
-        model.setup_caches(64)
+        pack_for_decoding(model, tied=model.tok_embeddings.weight)
         out = model(ids).float()
-    assert isinstance(model.layers[0].feed_forward.w13, PackedLinear)
+    # bfloat16 packs only where oneDNN has bfloat16 kernels (AVX-512 BF16); elsewhere it stays plain
+    packs = dtype == torch.float32 or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert isinstance(model.layers[0].feed_forward.w13, PackedLinear) == packs
     assert isinstance(model.output, nn.Linear), "a head tied to the embedding is not packed twice"
     assert model.output.weight is model.tok_embeddings.weight
     if dtype == torch.float32:
@@ -33,7 +36,7 @@ def test_setup_caches_packs_and_clear_caches_restores_exact_weights(dtype):
         assert w.stride() == (1, w.shape[0])
     tol = 1e-4 if dtype == torch.float32 else 5e-2
     assert torch.allclose(ref, out, atol=tol, rtol=tol)
-    model.clear_caches()
+    unpack(model)
     assert not any(isinstance(m, PackedLinear) for m in model.modules())
     assert before.keys() == model.state_dict().keys()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -42,7 +45,7 @@ def test_setup_caches_packs_and_clear_caches_restores_exact_weights(dtype):
 def test_untied_head_is_packed_and_a_packed_model_saves_its_plain_weights(tmp_path):
     model = random_model(tiny_config(tie_word_embeddings=False), std=0.2)
     head = model.output.weight.detach().clone()
-    model.setup_caches(32)
+    pack_for_decoding(model, tied=model.tok_embeddings.weight)
     assert isinstance(model.output, PackedLinear)
     save_pretrained(model, tmp_path)
     assert torch.equal(load_file(tmp_path / "model.safetensors")["lm_head.weight"], head)
@@ -50,7 +53,7 @@ def test_untied_head_is_packed_and_a_packed_model_saves_its_plain_weights(tmp_pa
 
 def test_packed_layers_refuse_training():
     layer = decoding_linear(torch.randn(8, 4))
-    with pytest.raises(RuntimeError, match="clear_caches"):
+    with pytest.raises(RuntimeError, match="unpack"):
         layer(torch.randn(2, 4, requires_grad=True))
 
 
@@ -65,7 +68,7 @@ def test_reduced_rows_of_a_packed_head_match_the_dense_rows():
 def test_a_packed_model_deep_copies():
     model = random_model(tiny_config(tie_word_embeddings=False), std=0.2)
     ids = torch.arange(3, 20)[None]
-    model.setup_caches(32)
+    pack_for_decoding(model, tied=model.tok_embeddings.weight)
     with torch.no_grad():
         torch.testing.assert_close(copy.deepcopy(model)(ids), model(ids))
 
@@ -73,7 +76,7 @@ def test_a_packed_model_deep_copies():
 def test_state_dict_of_a_packed_model_has_the_plain_weights():
     model = random_model(tiny_config(tie_word_embeddings=False), std=0.2)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    model.setup_caches(32)
+    pack_for_decoding(model, tied=model.tok_embeddings.weight)
     after = model.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -82,5 +85,13 @@ def test_state_dict_of_a_packed_model_has_the_plain_weights():
 def test_packing_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("LAYERSKIP_NO_PACK", "1")
     model = random_model(tiny_config(), std=0.2)
-    model.setup_caches(32)
+    pack_for_decoding(model, tied=model.tok_embeddings.weight)
     assert not any(isinstance(m, PackedLinear) for m in model.modules())
+
+
+def test_generation_lays_the_weights_out_from_outside_the_model():
+    model = random_model(tiny_config(tie_word_embeddings=False), std=0.2)
+    model.setup_caches(32)
+    assert not any(isinstance(m, PackedLinear) for m in model.modules()), "the model does not pack itself"
+    prepare_for_decoding(model, 32)
+    assert isinstance(model.output, PackedLinear) and model.cache_len == 32

@@ -23,8 +23,9 @@ from typing import Any
 import torch
 
 from layerskip.errors import LayerSkipError
+from layerskip.generation.steps import prepare_for_decoding
 from layerskip.model.config import ModelConfig
-from layerskip.model.llama import Transformer
+from layerskip.model.llama import Transformer, positions
 
 
 def expected_tokens_per_round(alpha: float, k: int) -> float:
@@ -195,15 +196,16 @@ def measure_costs(
     emb = model.tok_embeddings.weight  # never quantised: its dtype is the activations'
     device, dtype = emb.device, emb.dtype
     context = min(context, model.config.max_seq_len - max_tokens)
-    model.setup_caches(context + max_tokens)
+    prepare_for_decoding(model, context + max_tokens)  # the layout generation decodes with
     layer, dim = model.layers[0], model.config.dim
     fns: list[Callable[[], Any]] = []
     for t in range(1, max_tokens + 1):
         h = torch.randn(1, t, dim, device=device, dtype=dtype) * 0.1
-        ctx = model.attention_context(context, t, device)
+        ctx = model.attention_context(positions(context, t, device), t, device)
         fns += [lambda h=h, ctx=ctx: layer(h, ctx), lambda h=h: model.exit_logits(h)]
     token = torch.zeros(1, 1, dtype=torch.long, device=device)
-    fns.append(lambda: model.run_layers(model.embed(token), context, 0, 0))
+    pos = positions(context, 1, device)
+    fns.append(lambda: model.run_layers(model.embed(token), pos, 0, 0))
     seconds = time_calls(fns, device, repeats, inner=3)
     layer_s, head_s, call_s = seconds[0:-1:2], seconds[1:-1:2], seconds[-1]
     return LayerCosts(

@@ -9,17 +9,8 @@ from torch import Tensor
 from layerskip.generation.config import GenerationConfig
 from layerskip.generation.output import TokenSink
 from layerskip.generation.sampling import next_token
-from layerskip.model.llama import Transformer
-
-
-def prefill(model: Transformer, prompt: Tensor, end_layer: int | None = None) -> Tensor:
-    """Fill the KV cache with the prompt [T]; return the logits of its last position [V]."""
-    return model(prompt[None], start_pos=0, end_layer=end_layer)[0, -1]
-
-
-def decode_one_token(model: Transformer, token: int, pos: int, end_layer: int | None) -> Tensor:
-    x = torch.tensor([[token]], device=model.output.weight.device)
-    return model(x, start_pos=pos, end_layer=end_layer)[0, -1]
+from layerskip.generation.steps import Steps, prefill
+from layerskip.model.llama import Transformer, positions
 
 
 def decode(
@@ -28,14 +19,16 @@ def decode(
     cfg: GenerationConfig,
     sink: TokenSink,
     generator: torch.Generator | None,
+    steps: Steps,
     end_layer: int | None = None,
 ) -> None:
-    """Generate into `sink` until it says stop."""
-    logits = prefill(model, prompt, end_layer)
-    pos = prompt.shape[0]
+    """Generate into `sink` until it says stop; positions stay on the device (no sync but the sink's)."""
+    n = prompt.shape[0]
+    logits = prefill(model, prompt[None], positions(0, n, prompt.device), end_layer)[0]
+    pos = positions(n, 1, prompt.device)
     while True:
-        token = int(next_token(logits, cfg, generator))
-        if sink.push([token]):
+        token = next_token(logits, cfg, generator)
+        if sink.push([int(token)]):
             return
-        logits = decode_one_token(model, token, pos, end_layer)
-        pos += 1
+        logits = steps.decode(model, token.view(1, 1), pos, end_layer)[0]
+        pos = pos + 1

@@ -12,6 +12,7 @@ from layerskip.generation import autoregressive, self_speculative
 from layerskip.generation.config import GenerationConfig
 from layerskip.generation.output import GenerationResult, SpeculationStats, TokenCallback, TokenSink
 from layerskip.generation.sampling import make_generator
+from layerskip.generation.steps import prepare_for_decoding, steps_for
 from layerskip.model.loaded import LoadedModel
 
 Prompt = str | list[dict[str, str]]
@@ -68,15 +69,16 @@ def generate_ids(
     device = model.output.weight.device
     generator = make_generator(cfg, device)
     speculative = cfg.speculative
-    model.setup_caches(needed, exit_query_len=cfg.num_speculations + 1 if speculative else 0)
+    prepare_for_decoding(model, needed, exit_query_len=cfg.num_speculations + 1 if speculative else 0)
+    steps = steps_for(model, loaded.compile)
     prompt = torch.tensor(prompt_ids, device=device)
     stats = SpeculationStats()
     start = time.perf_counter()
     with torch.inference_mode():
         if speculative:
-            self_speculative.decode(model, prompt, cfg, sink, generator, exit_layer, stats)
+            self_speculative.decode(model, prompt, cfg, sink, generator, steps, exit_layer, stats)
         else:
-            autoregressive.decode(model, prompt, cfg, sink, generator, exit_layer)
+            autoregressive.decode(model, prompt, cfg, sink, generator, steps, exit_layer)
     end = time.perf_counter()
     first = sink.first_token_time or end
     return GenerationResult(

@@ -10,18 +10,18 @@ Both phases share the model's weights, its one KV cache and its exit-query cache
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from layerskip.generation.autoregressive import prefill
+from layerskip.generation.clock import PhaseClock
 from layerskip.generation.config import GenerationConfig
 from layerskip.generation.draft_vocab import DraftHead, configured_draft_head
 from layerskip.generation.output import ACCEPTED, SpeculationStats, TokenSink
 from layerskip.generation.sampling import next_token, processed_probs, sample
-from layerskip.model.llama import Transformer
+from layerskip.generation.steps import Steps, prefill
+from layerskip.model.llama import Transformer, positions
 
 
 @dataclass
@@ -32,25 +32,24 @@ class Draft:
 
 def draft(
     model: Transformer,
+    steps: Steps,
     token: Tensor,
-    pos: int,
+    pos: Tensor,
     exit_layer: int,
     max_drafts: int,
     cfg: GenerationConfig,
     generator: torch.Generator | None,
     head: DraftHead,
 ) -> Draft:
-    """Run the pending token and up to `max_drafts` drafts through the early layers."""
+    """Run the pending token (at `pos` [1, 1]) and up to `max_drafts` drafts through the early layers."""
     cache = model.exit_query_cache
     tokens: list[Tensor] = []
     probs: list[Tensor] = []
     threshold = cfg.draft_confidence_threshold
-    for i in range(max_drafts + 1):
-        h = model.run_layers(model.embed(token.view(1, 1)), pos + i, 0, exit_layer)
+    for i in range(max_drafts):
+        h, logits = steps.draft(model, head, token.view(1, 1), pos + i, exit_layer)
         cache.write(i, h)
-        if i == max_drafts:
-            break
-        logits = head.logits(model, h)[0, -1]
+        logits = logits[0]
         if cfg.greedy:
             token = head.to_vocab(logits.argmax(-1))
             confidence = logits.softmax(-1).max() if threshold is not None else None
@@ -61,15 +60,16 @@ def draft(
             confidence = q.max() if threshold is not None else None
         tokens.append(token)
         if confidence is not None and float(confidence) < threshold:
-            max_drafts = i + 1  # the last draft still needs its early-layer pass
+            break
+    # The last draft still needs its early-layer pass; the verifier runs its later layers.
+    cache.write(len(tokens), steps.early(model, token.view(1, 1), pos + len(tokens), exit_layer))
     stacked = torch.stack(tokens) if tokens else token.new_empty(0)
     return Draft(stacked, torch.stack(probs) if probs else None)
 
 
-def verify(model: Transformer, pos: int, n: int, exit_layer: int) -> Tensor:
-    """Full-model logits [n, V] for the n pending states, running only layers E..L-1."""
-    h = model.run_layers(model.exit_query_cache.read(n), pos, exit_layer, None)
-    return model.exit_logits(h)[0]
+def verify(model: Transformer, steps: Steps, pos: Tensor, n: int, exit_layer: int) -> Tensor:
+    """Full-model logits [n, V] for the n pending states at `pos` [1, n], running only layers E..L-1."""
+    return steps.verify(model, model.exit_query_cache.read(n), pos, exit_layer)[0]
 
 
 def accept_greedy(d: Draft, logits: Tensor) -> tuple[int, int]:
@@ -117,29 +117,33 @@ def decode(
     cfg: GenerationConfig,
     sink: TokenSink,
     generator: torch.Generator | None,
+    steps: Steps,
     exit_layer: int,
     stats: SpeculationStats,
 ) -> None:
-    """Generate into `sink` by draft/verify rounds until it says stop."""
+    """Generate into `sink` by draft/verify rounds until it says stop (one host sync per round)."""
     head = configured_draft_head(model, cfg)
-    token = next_token(prefill(model, prompt), cfg, generator)
-    pos = prompt.shape[0]
+    device, n = prompt.device, prompt.shape[0]
+    token = next_token(prefill(model, prompt[None], positions(0, n, device))[0], cfg, generator)
     if sink.push([int(token)]):
         return
+    pos = positions(n, 1, device)  # the pending token's position, kept on the device
+    offsets = positions(0, cfg.num_speculations + 1, device)
+    clock = PhaseClock(device)
     k = cfg.num_speculations
     while True:
-        n_drafts = min(k, sink.remaining - 1)
-        t0 = time.perf_counter()
-        d = draft(model, token, pos, exit_layer, n_drafts, cfg, generator, head)
-        t1 = time.perf_counter()
-        logits = verify(model, pos, d.tokens.shape[0] + 1, exit_layer)
+        t0 = clock.mark()
+        d = draft(model, steps, token, pos, exit_layer, min(k, sink.remaining - 1), cfg, generator, head)
+        t1 = clock.mark()
+        n_drafts = d.tokens.shape[0]
+        logits = verify(model, steps, pos + offsets[:, : n_drafts + 1], n_drafts + 1, exit_layer)
         if cfg.greedy:
             n_acc, new = accept_greedy(d, logits)
         else:
             n_acc, new = accept_sampled(d, logits, cfg, generator)
-        stats.draft_time_s += t1 - t0
-        stats.verify_time_s += time.perf_counter() - t1
-        stats.num_drafted += d.tokens.shape[0]
+        stats.draft_time_s += clock.seconds(t0, t1)
+        stats.verify_time_s += clock.seconds(t1, clock.mark())
+        stats.num_drafted += n_drafts
         stats.num_accepted += n_acc
         stats.num_verifications += 1
         drafted = d.tokens.tolist()
@@ -148,7 +152,7 @@ def decode(
         sink.show_rejected(drafted[n_acc:])
         if sink.push([new]):
             return
-        pos += n_acc + 1
-        token = torch.tensor(new, device=prompt.device)
+        pos = pos + (n_acc + 1)
+        token = torch.tensor(new, device=device)
         if cfg.adaptive_k:
-            k = next_k(cfg.num_speculations, d.tokens.shape[0], n_acc)
+            k = next_k(cfg.num_speculations, n_drafts, n_acc)

@@ -1,8 +1,8 @@
 """Static caches indexed by position.
 
 Rollback is free: the generator simply does not advance its position past rejected tokens,
-and attention never reads a slot at or beyond the current end, so stale entries are overwritten
-by the next write.
+and attention masks out every slot beyond a token's own position, so stale entries are never read
+and are overwritten by the next write. Each row of a batch is written at its own positions.
 """
 
 from __future__ import annotations
@@ -19,17 +19,17 @@ class KVCache(nn.Module):
         shape = (batch, n_kv_heads, max_seq_len, head_dim)
         self.register_buffer("k", torch.zeros(shape, dtype=dtype), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype), persistent=False)
+        self.register_buffer("rows", torch.arange(batch)[:, None], persistent=False)  # [B, 1]
 
     @property
     def max_seq_len(self) -> int:
         return self.k.shape[2]
 
-    def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write k, v [B, H, T, D] at positions start..start+T-1; return views of 0..start+T-1."""
-        end = start + k.shape[2]
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
+    def update(self, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write k, v [B, H, T, D] of row b at slots input_pos[b] ([B, T]); return the whole cache."""
+        self.k[self.rows, :, input_pos] = k.transpose(1, 2)  # the indexed view is [B, T, H, D]
+        self.v[self.rows, :, input_pos] = v.transpose(1, 2)
+        return self.k, self.v
 
 
 class ExitQueryCache(nn.Module):

@@ -1,25 +1,47 @@
-"""Optional `torch.compile` (inductor) of the decoding steps.
+"""Optional `torch.compile` of the decoding steps, applied from outside the model.
 
-Decode, draft and verify are all runs of a layer range, so compiling each TransformerBlock covers
-all three. Inductor fuses the element-wise work around the matrix products (norm casts, rotary,
-SwiGLU, residual adds); the products stay the packed oneDNN kernels (`packing.packed_linear`, an
-opaque op). The first calls of each new shape (prefill, one-token decode, a verification of k+1
-tokens) compile, which takes minutes for a 30-layer model on two cores: worth it for a server or
-a long benchmark, not for one short generation. Measured in docs/performance.md.
+A decode, draft or verify step has the same shapes at every position (the model attends over its
+whole preallocated cache through a mask), so each compiles once per shape and layer range:
+`fullgraph=True`, `dynamic=False`. On CUDA the step is captured as a CUDA graph
+(`mode="reduce-overhead"`): one launch per step instead of hundreds of small kernels, which is what
+decides speed at batch 1. On CPU inductor fuses the element-wise work around the matrix products
+(the products stay the packed oneDNN kernels, `packing.packed_linear`, an opaque op). Prefill, a new
+length per prompt, stays eager. Compiling takes seconds to minutes on the first calls: worth it for
+a server or a long benchmark, not for one short generation. Measured in docs/performance.md.
 """
 
 from __future__ import annotations
 
-from layerskip.model.llama import Transformer
+from collections.abc import Callable
+from typing import Any
 
-# Shapes one generation meets: prefill, one token, a verification of k+1 tokens, each first static
-# and then dynamic in the token count; the default limit (8) leaves little room. Passed per call,
-# because dynamo's global config is per thread (the server decodes in a worker thread).
-RECOMPILE_LIMIT = 32
+import torch
+from torch.utils._pytree import tree_map
+
+# Variants one process meets: a few layer ranges (E may change) times a few verification lengths
+# (the last rounds and stopped drafts verify fewer rows). Passed per call, because dynamo's global
+# config is per thread (the server decodes in a worker thread).
+RECOMPILE_LIMIT = 64
 
 
-def compile_layers(model: Transformer) -> Transformer:
-    """Compile every block in place (nn.Module.compile); outputs equal eager up to float rounding."""
-    for layer in model.layers:
-        layer.compile(recompile_limit=RECOMPILE_LIMIT)
-    return model
+def compile_step(fn: Callable[..., Any], device_type: str, backend: str = "inductor") -> Callable[..., Any]:
+    """`fn` compiled whole; on CUDA with inductor, as CUDA graphs whose outputs are copied out."""
+    cuda_graphs = device_type == "cuda" and backend == "inductor"
+    compiled = torch.compile(
+        fn,
+        fullgraph=True,
+        dynamic=False,
+        backend=backend,
+        mode="reduce-overhead" if cuda_graphs else None,
+        recompile_limit=RECOMPILE_LIMIT,
+        isolate_recompiles=True,  # each model's steps count their own variants
+    )
+    if not cuda_graphs:
+        return compiled
+
+    def replay(*args: Any) -> Any:
+        # A graph's outputs live in memory the next replay overwrites: start a new step, copy them out.
+        torch.compiler.cudagraph_mark_step_begin()
+        return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, compiled(*args))
+
+    return replay

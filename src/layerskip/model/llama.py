@@ -1,8 +1,10 @@
 """A lean Llama-family transformer that owns its layer loop and caches.
 
 The forward pass is split so that a caller can run any layer range:
-`embed` -> `run_layers(h, start, end)` -> `exit_logits`. Prefill, early exit, drafting and
-verification are all compositions of these three calls.
+`embed` -> `run_layers(h, input_pos, start, end)` -> `exit_logits`. Prefill, early exit, drafting
+and verification are all compositions of these three calls. Cached calls take their positions as a
+tensor and attend over the whole preallocated cache through a mask, so a decode step has the same
+shapes at every position (what torch.compile and CUDA graphs need).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from torch import Tensor, nn
 
 from layerskip.model.cache import ExitQueryCache, KVCache
 from layerskip.model.config import ModelConfig, RopeScaling
-from layerskip.model.packing import pack_for_decoding, unpack
 
 
 class RMSNorm(nn.Module):
@@ -52,23 +53,26 @@ def rotate_half(x: Tensor) -> Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def rope_tables(inv_freq: Tensor, start: int, length: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """cos and sin [length, 1, head_dim] of positions start..start+length-1 (computed in float32)."""
-    pos = torch.arange(start, start + length, device=inv_freq.device, dtype=torch.float32)
-    angles = torch.outer(pos, inv_freq)
-    angles = torch.cat((angles, angles), dim=-1)[:, None, :]
+def rope_tables(inv_freq: Tensor, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos and sin [*positions.shape, head_dim] of the given positions (computed in float32)."""
+    angles = positions.to(torch.float32)[..., None] * inv_freq
+    angles = torch.cat((angles, angles), dim=-1)
     return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def positions(start: int, length: int, device: torch.device | str = "cpu", batch: int = 1) -> Tensor:
+    """Cache positions [batch, length] start..start+length-1, the form every cached call takes."""
+    return torch.arange(start, start + length, device=device).expand(batch, length)
 
 
 @dataclass
 class AttentionContext:
-    """What every layer of one forward call shares: rotary tables, mask, cache position."""
+    """What every layer of one forward call shares: rotary tables, mask, cache positions."""
 
-    cos: Tensor  # [T, 1, head_dim]
-    sin: Tensor  # [T, 1, head_dim]
-    mask: Tensor | None  # [T, end] bool, None when causal or single-token
-    is_causal: bool
-    start: int | None  # first cache position written; None: no cache (training, scoring)
+    cos: Tensor  # [B or 1, T, 1, head_dim]
+    sin: Tensor  # [B or 1, T, 1, head_dim]
+    mask: Tensor | None  # [B, 1, T, S] bool over the whole cache; None: causal over the T tokens
+    input_pos: Tensor | None  # [B, T] cache slots written; None: no cache (training, scoring)
 
 
 class Attention(nn.Module):
@@ -89,10 +93,12 @@ class Attention(nn.Module):
         qk = (qk * ctx.cos + rotate_half(qk) * ctx.sin).transpose(1, 2)
         q, k = qk.split([self.n_heads, self.n_kv_heads], dim=1)
         v = qkv[:, :, rotated:].transpose(1, 2)
-        if ctx.start is not None and self.kv_cache is not None:
-            k, v = self.kv_cache.update(ctx.start, k, v)
+        if ctx.input_pos is not None:
+            cached_k, cached_v = self.kv_cache.update(ctx.input_pos, k, v)
+            if ctx.mask is not None:  # else a prefill from position 0: its own keys are all there is
+                k, v = cached_k, cached_v
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=ctx.mask, is_causal=ctx.is_causal, enable_gqa=self.n_heads != self.n_kv_heads
+            q, k, v, attn_mask=ctx.mask, is_causal=ctx.mask is None, enable_gqa=self.n_heads != self.n_kv_heads
         )
         return self.wo(y.transpose(1, 2).reshape(b, t, -1))
 
@@ -135,9 +141,10 @@ class Transformer(nn.Module):
         if cfg.tie_word_embeddings:
             self.output.weight = self.tok_embeddings.weight
         self.exit_query_cache: ExitQueryCache | None = None
-        # Rotary tables of every cached position, built with the caches: decoding slices them.
+        # Rotary tables [S, head_dim] of every cached position, built with the caches.
         self.register_buffer("rope_cos", None, persistent=False)
         self.register_buffer("rope_sin", None, persistent=False)
+        self.register_buffer("cache_slots", None, persistent=False)  # [S]: 0..S-1, for masks
 
     @property
     def n_layers(self) -> int:
@@ -150,10 +157,7 @@ class Transformer(nn.Module):
         return 0 if cache is None else cache.max_seq_len
 
     def setup_caches(self, max_seq_len: int, exit_query_len: int = 0, batch: int = 1) -> None:
-        """Preallocate the KV cache (and exit-query cache) once; reused while large enough.
-
-        Also lays the weights out for decoding (`packing.pack_for_decoding`); `clear_caches` undoes it.
-        """
+        """Preallocate the KV cache (and exit-query cache) once; reused while large enough."""
         # The embedding is never quantised: its dtype is the activations' dtype.
         dtype, device = self.tok_embeddings.weight.dtype, self.tok_embeddings.weight.device
         max_seq_len = min(max_seq_len, self.config.max_seq_len)
@@ -166,9 +170,10 @@ class Transformer(nn.Module):
         eq = self.exit_query_cache
         if exit_query_len and (eq is None or eq.capacity < exit_query_len or eq.h.shape[0] != batch):
             self.exit_query_cache = ExitQueryCache(batch, exit_query_len, self.config.dim, dtype).to(device)
-        if self.rope_cos is None or self.rope_cos.shape[0] < max_seq_len or self.rope_cos.dtype != dtype:
-            self.rope_cos, self.rope_sin = rope_tables(self.inv_freq(device), 0, max_seq_len, dtype)
-        pack_for_decoding(self, tied=self.tok_embeddings.weight)
+        slots = self.cache_len
+        if self.rope_cos is None or self.rope_cos.shape[0] != slots or self.rope_cos.dtype != dtype:
+            self.cache_slots = torch.arange(slots, device=device)
+            self.rope_cos, self.rope_sin = rope_tables(self.inv_freq(device), self.cache_slots, dtype)
 
     def inv_freq(self, device: torch.device) -> Tensor:
         """Rotary frequencies, always float32: a buffer would be rounded by `model.to(bfloat16)`."""
@@ -176,40 +181,49 @@ class Transformer(nn.Module):
         return rope_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling).to(device)
 
     def clear_caches(self) -> None:
-        """Drop the caches and restore plain nn.Linear weights (for training, saving, `.to()`)."""
-        unpack(self)
+        """Drop the caches (for training, saving, `.to()`)."""
         for layer in self.layers:
             layer.attention.kv_cache = None
         self.exit_query_cache = None
-        self.rope_cos = self.rope_sin = None
+        self.rope_cos = self.rope_sin = self.cache_slots = None
 
-    def attention_context(self, start: int | None, length: int, device: torch.device) -> AttentionContext:
-        """Rotary tables and mask for `length` tokens at positions start..start+length-1.
+    def attention_context(
+        self, input_pos: Tensor | None, length: int, device: torch.device, from_start: bool = False
+    ) -> AttentionContext:
+        """Rotary tables and mask for `length` tokens at cache positions `input_pos` [B, T].
 
-        start=None means no cache: positions 0..length-1 with plain causal attention.
+        input_pos=None means no cache: positions 0..length-1 with plain causal attention. With a
+        cache, attention reads every slot through a mask (slot <= position), so a step's shapes do
+        not depend on the position; `from_start` says the rows hold nothing before these tokens
+        (a prefill from 0), where causal attention over the new keys alone gives the same result.
         """
-        offset = 0 if start is None else start
-        if self.rope_cos is not None and offset + length <= self.rope_cos.shape[0]:
-            cos, sin = self.rope_cos[offset : offset + length], self.rope_sin[offset : offset + length]
-        else:
-            cos, sin = rope_tables(self.inv_freq(device), offset, length, self.tok_embeddings.weight.dtype)
-        if length == 1:
-            return AttentionContext(cos, sin, None, False, start)
-        if start is None or start == 0:
-            return AttentionContext(cos, sin, None, True, start)
-        keys = torch.arange(start + length, device=device)
-        mask = keys[None, :] <= torch.arange(start, start + length, device=device)[:, None]
-        return AttentionContext(cos, sin, mask, False, start)
+        if input_pos is None:
+            cos, sin = rope_tables(self.inv_freq(device), torch.arange(length, device=device), self.dtype)
+            return AttentionContext(cos[:, None], sin[:, None], None, None)
+        cos, sin = self.rope_cos[input_pos][:, :, None], self.rope_sin[input_pos][:, :, None]
+        mask = None if from_start else (self.cache_slots <= input_pos[..., None])[:, None]
+        return AttentionContext(cos, sin, mask, input_pos)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The activations' dtype (the embedding is never quantised)."""
+        return self.tok_embeddings.weight.dtype
 
     def embed(self, tokens: Tensor) -> Tensor:
         return self.tok_embeddings(tokens)
 
     def run_layers(
-        self, h: Tensor, start_pos: int | None, start_layer: int = 0, end_layer: int | None = None
+        self,
+        h: Tensor,
+        input_pos: Tensor | None,
+        start_layer: int = 0,
+        end_layer: int | None = None,
+        from_start: bool = False,
     ) -> Tensor:
-        """Run layers [start_layer, end_layer) on hidden states h [B, T, D] at start_pos.."""
+        """Run layers [start_layer, end_layer) on hidden states h [B, T, D] at cache positions
+        input_pos [B, T] (None: no cache)."""
         end_layer = self.n_layers if end_layer is None else end_layer
-        ctx = self.attention_context(start_pos, h.shape[1], h.device)
+        ctx = self.attention_context(input_pos, h.shape[1], h.device, from_start)
         for layer in self.layers[start_layer:end_layer]:
             h = layer(h, ctx)
         return h
@@ -219,7 +233,11 @@ class Transformer(nn.Module):
         return self.output(self.norm(h))
 
     def forward(
-        self, tokens: Tensor, start_pos: int | None = None, end_layer: int | None = None
+        self,
+        tokens: Tensor,
+        input_pos: Tensor | None = None,
+        end_layer: int | None = None,
+        from_start: bool = False,
     ) -> Tensor:
         """Logits of tokens [B, T] after layers 0..end_layer-1 (all layers by default)."""
-        return self.exit_logits(self.run_layers(self.embed(tokens), start_pos, 0, end_layer))
+        return self.exit_logits(self.run_layers(self.embed(tokens), input_pos, 0, end_layer, from_start))

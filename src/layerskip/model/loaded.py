@@ -21,6 +21,7 @@ class LoadedModel:
     tokenizer: Any  # a transformers PreTrainedTokenizer(Fast)
     name: str
     path: Path
+    compile: bool | str = False  # torch.compile the decode steps: True (inductor) or a backend name
 
     @property
     def config(self) -> ModelConfig:

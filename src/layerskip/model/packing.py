@@ -7,9 +7,9 @@ end to end by 1.1x in float32 and 1.3x in bfloat16, on one row and on a verifica
 
 `pack_for_decoding(model)` swaps every eligible `nn.Linear` for a `PackedLinear` holding only the
 reordered weight (no second copy), the way `quantize` swaps in quantised modules;
-`unpack(model)` puts back `nn.Linear` modules with the identical values. `Transformer.setup_caches`
-packs and `clear_caches` unpacks, so training, saving and dtype changes, which never run after
-`setup_caches` without `clear_caches`, see the usual modules.
+`unpack(model)` puts back `nn.Linear` modules with the identical values. Generation packs where it
+sets up the caches (`generation.steps.prepare_for_decoding`); the model itself never packs, and
+training or a dtype change after decoding call `unpack` first (a packed layer refuses gradients).
 
 A head tied to the embedding is not packed (that would hold the matrix twice); in float32 it is
 stored transposed instead ([in, out] in memory, same shape and values), which MKL's one-row
@@ -65,7 +65,7 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
-            raise RuntimeError("PackedLinear is for decoding; call model.clear_caches() before training")
+            raise RuntimeError("PackedLinear is for decoding; call packing.unpack(model) before training")
         if torch.compiler.is_compiling():
             return packed_linear(x, self.weight)
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")  # no op-wrapper cost

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from layerskip.errors import LayerSkipError
 from layerskip.model.llama import Transformer
-from layerskip.model.packing import module_slots
+from layerskip.model.packing import module_slots, unpack
 
 QUANT_MODES = ("int8", "int4")
 ACTIVATION_DTYPE = torch.bfloat16
@@ -116,7 +116,8 @@ def quantize(model: Transformer, mode: str, group_size: int = DEFAULT_GROUP_SIZE
     """
     if model.tok_embeddings.weight.device.type != "cpu":
         raise LayerSkipError("weight-only int8/int4 kernels are CPU kernels; load the model on cpu")
-    model.clear_caches()  # plain nn.Linear weights; caches rebuilt in the activation dtype later
+    unpack(model)  # plain nn.Linear weights, should the model have decoded already
+    model.clear_caches()  # rebuilt in the activation dtype later
     model.to(ACTIVATION_DTYPE)
     for parent, name in module_slots(model, nn.Linear):
         setattr(parent, name, quantize_linear(getattr(parent, name), mode, group_size))

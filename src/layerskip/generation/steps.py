@@ -1,0 +1,81 @@
+"""The steps decoding is made of, each with the same shapes at every position.
+
+decode: tokens [B, 1] through layers 0..end-1 and the head             -> logits [B, V]
+draft:  tokens [B, 1] through layers 0..E-1, then the draft head       -> (states [B, 1, D], logits [B, N])
+early:  tokens [B, 1] through layers 0..E-1 (the last draft: no head)  -> states [B, 1, D]
+verify: pending layer-E states [B, n, D] through layers E..L-1 + head  -> logits [B, n, V]
+
+Positions are tensors [B, T] and attention reads the whole cache through a mask, so nothing in a
+step depends on a Python number that changes per token: compiled (model/compiled.py), each traces
+once per shape and layer range. Prefill, a new length per prompt, always runs eagerly.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from layerskip.generation.draft_vocab import DraftHead
+from layerskip.model.compiled import compile_step
+from layerskip.model.llama import Transformer
+from layerskip.model.packing import pack_for_decoding
+
+
+def prepare_for_decoding(model: Transformer, max_seq_len: int, exit_query_len: int = 0) -> None:
+    """Caches for `max_seq_len` positions, and the weights in their decoding layout (packing.py)."""
+    model.setup_caches(max_seq_len, exit_query_len)
+    pack_for_decoding(model, tied=model.tok_embeddings.weight)
+
+
+def prefill(model: Transformer, tokens: Tensor, input_pos: Tensor, end_layer: int | None = None) -> Tensor:
+    """Fill the cache with prompts [B, T] from position 0; logits of the last position [B, V]."""
+    return model(tokens, input_pos, end_layer, from_start=True)[:, -1]
+
+
+def decode_step(model: Transformer, tokens: Tensor, input_pos: Tensor, end_layer: int | None) -> Tensor:
+    return model(tokens, input_pos, end_layer)[:, -1]
+
+
+def draft_step(
+    model: Transformer, head: DraftHead, tokens: Tensor, input_pos: Tensor, exit_layer: int
+) -> tuple[Tensor, Tensor]:
+    h = model.run_layers(model.embed(tokens), input_pos, 0, exit_layer)
+    return h, head.logits(model, h)[:, -1]
+
+
+def early_step(model: Transformer, tokens: Tensor, input_pos: Tensor, exit_layer: int) -> Tensor:
+    return model.run_layers(model.embed(tokens), input_pos, 0, exit_layer)
+
+
+def verify_step(model: Transformer, h: Tensor, input_pos: Tensor, exit_layer: int) -> Tensor:
+    return model.exit_logits(model.run_layers(h, input_pos, exit_layer, None))
+
+
+@dataclass(frozen=True)
+class Steps:
+    decode: Callable[[Transformer, Tensor, Tensor, int | None], Tensor]
+    draft: Callable[[Transformer, DraftHead, Tensor, Tensor, int], tuple[Tensor, Tensor]]
+    early: Callable[[Transformer, Tensor, Tensor, int], Tensor]
+    verify: Callable[[Transformer, Tensor, Tensor, int], Tensor]
+
+
+_STEP_FUNCTIONS = (decode_step, draft_step, early_step, verify_step)
+EAGER = Steps(*_STEP_FUNCTIONS)
+
+# Compiled steps per model and backend: compiling is the expensive part, done on first use.
+_COMPILED: weakref.WeakKeyDictionary[Transformer, dict[str, Steps]] = weakref.WeakKeyDictionary()
+
+
+def steps_for(model: Transformer, compile: bool | str) -> Steps:
+    """Eager steps, or the model's compiled ones (True: inductor; a string names another backend)."""
+    if not compile:
+        return EAGER
+    backend = "inductor" if compile is True else compile
+    per_backend = _COMPILED.setdefault(model, {})
+    if backend not in per_backend:
+        device = model.tok_embeddings.weight.device.type
+        per_backend[backend] = Steps(*(compile_step(f, device, backend) for f in _STEP_FUNCTIONS))
+    return per_backend[backend]

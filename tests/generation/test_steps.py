@@ -1,0 +1,42 @@
+"""The static-shape decode steps: compiled whole, they trace a small constant number of graphs
+over a long generation (not one per token), and give the eager tokens."""
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from layerskip import GenerationConfig, generate_ids
+from layerskip.generation.steps import EAGER, steps_for
+from layerskip.model.loaded import LoadedModel
+
+
+def _graphs(loaded: LoadedModel, cfg: GenerationConfig, prompt: list[int]) -> tuple[int, list[int]]:
+    """Graphs dynamo traced for one generation with a fresh set of compiled steps, and its tokens."""
+    torch._dynamo.reset()
+    counters.clear()
+    out = generate_ids(loaded, prompt, cfg).token_ids
+    return counters["stats"]["unique_graphs"], out
+
+
+@pytest.mark.parametrize(
+    "cfg, most",
+    [
+        (GenerationConfig(max_new_tokens=128, ignore_eos=True), 1),  # one decode step
+        # draft + early + verify of k+1 rows, and k shorter verifications in the last rounds
+        (GenerationConfig(strategy="self_speculative", exit_layer=2, num_speculations=3, max_new_tokens=128,
+                          ignore_eos=True), 3 + 3),
+    ],
+)
+def test_a_long_generation_compiles_a_constant_number_of_graphs(tiny, cfg, most):
+    traced = LoadedModel(tiny.model, tiny.tokenizer, tiny.name, tiny.path, compile="eager")
+    prompt = tiny.tokenizer("def f(x):").input_ids
+    graphs, tokens = _graphs(traced, cfg, prompt)
+    assert 1 <= graphs <= most
+    assert tokens == generate_ids(tiny, prompt, cfg).token_ids
+    assert len(tokens) == 128
+
+
+def test_steps_are_eager_unless_asked(tiny):
+    assert steps_for(tiny.model, False) is EAGER
+    compiled = steps_for(tiny.model, "eager")
+    assert compiled is not EAGER and steps_for(tiny.model, "eager") is compiled  # compiled once per model
