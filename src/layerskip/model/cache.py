@@ -25,10 +25,14 @@ class KVCache(nn.Module):
     def max_seq_len(self) -> int:
         return self.k.shape[2]
 
-    def update(self, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write k, v [B, H, T, D] of row b at slots input_pos[b] ([B, T]); return the whole cache."""
-        self.k[self.rows, :, input_pos] = k.transpose(1, 2)  # the indexed view is [B, T, H, D]
-        self.v[self.rows, :, input_pos] = v.transpose(1, 2)
+    def update(
+        self, input_pos: Tensor, k: Tensor, v: Tensor, rows: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Write k, v [B, H, T, D] of input b at slots input_pos[b] ([B, T]) of cache row rows[b]
+        (default: row b); return the whole cache."""
+        rows = self.rows if rows is None else rows
+        self.k[rows, :, input_pos] = k.transpose(1, 2)  # the indexed view is [B, T, H, D]
+        self.v[rows, :, input_pos] = v.transpose(1, 2)
         return self.k, self.v
 
 

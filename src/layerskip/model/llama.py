@@ -73,6 +73,7 @@ class AttentionContext:
     sin: Tensor  # [B or 1, T, 1, head_dim]
     mask: Tensor | None  # [B, 1, T, S] bool over the whole cache; None: causal over the T tokens
     input_pos: Tensor | None  # [B, T] cache slots written; None: no cache (training, scoring)
+    rows: Tensor | None = None  # [B, 1] cache rows the B inputs are (None: all rows, in order)
 
 
 class Attention(nn.Module):
@@ -94,7 +95,7 @@ class Attention(nn.Module):
         q, k = qk.split([self.n_heads, self.n_kv_heads], dim=1)
         v = qkv[:, :, rotated:].transpose(1, 2)
         if ctx.input_pos is not None:
-            cached_k, cached_v = self.kv_cache.update(ctx.input_pos, k, v)
+            cached_k, cached_v = self.kv_cache.update(ctx.input_pos, k, v, ctx.rows)
             if ctx.mask is not None:  # else a prefill from position 0: its own keys are all there is
                 k, v = cached_k, cached_v
         y = F.scaled_dot_product_attention(
@@ -188,7 +189,12 @@ class Transformer(nn.Module):
         self.rope_cos = self.rope_sin = self.cache_slots = None
 
     def attention_context(
-        self, input_pos: Tensor | None, length: int, device: torch.device, from_start: bool = False
+        self,
+        input_pos: Tensor | None,
+        length: int,
+        device: torch.device,
+        from_start: bool = False,
+        rows: Tensor | None = None,
     ) -> AttentionContext:
         """Rotary tables and mask for `length` tokens at cache positions `input_pos` [B, T].
 
@@ -196,13 +202,16 @@ class Transformer(nn.Module):
         cache, attention reads every slot through a mask (slot <= position), so a step's shapes do
         not depend on the position; `from_start` says the rows hold nothing before these tokens
         (a prefill from 0), where causal attention over the new keys alone gives the same result.
+        `rows` [B, 1]: the cache rows a prefill writes, when it fills only some rows of a batch.
         """
         if input_pos is None:
             cos, sin = rope_tables(self.inv_freq(device), torch.arange(length, device=device), self.dtype)
             return AttentionContext(cos[:, None], sin[:, None], None, None)
         cos, sin = self.rope_cos[input_pos][:, :, None], self.rope_sin[input_pos][:, :, None]
         mask = None if from_start else (self.cache_slots <= input_pos[..., None])[:, None]
-        return AttentionContext(cos, sin, mask, input_pos)
+        if rows is not None and not from_start:
+            raise ValueError("only a prefill (from_start) may write a subset of the cache rows")
+        return AttentionContext(cos, sin, mask, input_pos, rows)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -219,11 +228,12 @@ class Transformer(nn.Module):
         start_layer: int = 0,
         end_layer: int | None = None,
         from_start: bool = False,
+        rows: Tensor | None = None,
     ) -> Tensor:
         """Run layers [start_layer, end_layer) on hidden states h [B, T, D] at cache positions
         input_pos [B, T] (None: no cache)."""
         end_layer = self.n_layers if end_layer is None else end_layer
-        ctx = self.attention_context(input_pos, h.shape[1], h.device, from_start)
+        ctx = self.attention_context(input_pos, h.shape[1], h.device, from_start, rows)
         for layer in self.layers[start_layer:end_layer]:
             h = layer(h, ctx)
         return h
@@ -238,6 +248,7 @@ class Transformer(nn.Module):
         input_pos: Tensor | None = None,
         end_layer: int | None = None,
         from_start: bool = False,
+        rows: Tensor | None = None,
     ) -> Tensor:
         """Logits of tokens [B, T] after layers 0..end_layer-1 (all layers by default)."""
-        return self.exit_logits(self.run_layers(self.embed(tokens), input_pos, 0, end_layer, from_start))
+        return self.exit_logits(self.run_layers(self.embed(tokens), input_pos, 0, end_layer, from_start, rows))
