@@ -8,7 +8,7 @@ from torch import Tensor
 
 from layerskip.generation.config import GenerationConfig
 from layerskip.generation.output import TokenSink
-from layerskip.generation.sampling import next_token
+from layerskip.generation.sampling import LogitAdjuster, next_token
 from layerskip.generation.steps import Steps, prefill
 from layerskip.model.llama import Transformer, positions
 
@@ -20,14 +20,16 @@ def decode(
     sink: TokenSink,
     generator: torch.Generator | None,
     steps: Steps,
+    adjust: LogitAdjuster,
     end_layer: int | None = None,
 ) -> None:
-    """Generate into `sink` until it says stop; positions stay on the device (no sync but the sink's)."""
+    """Generate into `sink` until it says stop; positions stay on the device (no sync but the sink's).
+    `adjust` applies penalties and logit_bias."""
     n = prompt.shape[0]
     logits = prefill(model, prompt[None], positions(0, n, prompt.device), end_layer)[0]
     pos = positions(n, 1, prompt.device)
     while True:
-        token = next_token(logits, cfg, generator)
+        token = next_token(adjust(logits), cfg, generator)
         if sink.push([int(token)]):
             return
         logits = steps.decode(model, token.view(1, 1), pos, end_layer)[0]

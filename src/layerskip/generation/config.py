@@ -29,6 +29,11 @@ class GenerationConfig:
     stop_strings: list[str] = field(default_factory=list)
     ignore_eos: bool = False
     chat: bool = False
+    # OpenAI's penalties on the tokens generated so far and biases by token id, added to the
+    # logits of drafts and verification alike (sampling.LogitAdjuster).
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
     # Adaptive drafting: stop a draft when its top probability falls below this threshold.
     draft_confidence_threshold: float | None = None
     # Adaptive drafting: grow k after a fully accepted draft, shrink it after a rejection.
@@ -58,6 +63,11 @@ class GenerationConfig:
             raise LayerSkipError(f"draft vocabulary size must be >= 1, got {self.draft_vocab_size}")
         if self.exit_layer is not None and self.exit_layer < 1:
             raise LayerSkipError(f"exit layer must be >= 1, got {self.exit_layer}")
+        for name in ("frequency_penalty", "presence_penalty"):
+            if not -2 <= getattr(self, name) <= 2:
+                raise LayerSkipError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
+        if any(i < 0 or not -100 <= b <= 100 for i, b in self.logit_bias.items()):
+            raise LayerSkipError("logit_bias maps token ids >= 0 to biases in [-100, 100]")
 
     @property
     def speculative(self) -> bool:

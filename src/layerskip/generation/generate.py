@@ -10,8 +10,8 @@ import torch
 from layerskip.errors import LayerSkipError
 from layerskip.generation import autoregressive, self_speculative
 from layerskip.generation.config import GenerationConfig
-from layerskip.generation.output import GenerationResult, SpeculationStats, TokenCallback, TokenSink
-from layerskip.generation.sampling import make_generator
+from layerskip.generation.output import REJECTED, GenerationResult, SpeculationStats, TokenCallback, TokenSink
+from layerskip.generation.sampling import LogitAdjuster, make_generator
 from layerskip.generation.steps import prepare_for_decoding, steps_for
 from layerskip.model.loaded import LoadedModel
 
@@ -65,8 +65,9 @@ def generate_ids(
         )
     exit_layer = cfg.resolve_exit_layer(mcfg.n_layers, mcfg.recommended_exit_layer)
     eos = set() if cfg.ignore_eos else model_eos_ids(loaded) | set(cfg.eos_token_ids)
-    sink = TokenSink(loaded.tokenizer, cfg.max_new_tokens, eos, cfg.stop_strings, on_tokens)
     device = model.output.weight.device
+    adjust = LogitAdjuster(cfg, mcfg.vocab_size, device)
+    sink = TokenSink(loaded.tokenizer, cfg.max_new_tokens, eos, cfg.stop_strings, _counting(adjust, on_tokens))
     generator = make_generator(cfg, device)
     speculative = cfg.speculative
     prepare_for_decoding(model, needed, exit_query_len=cfg.num_speculations + 1 if speculative else 0)
@@ -76,9 +77,9 @@ def generate_ids(
     start = time.perf_counter()
     with torch.inference_mode():
         if speculative:
-            self_speculative.decode(model, prompt, cfg, sink, generator, steps, exit_layer, stats)
+            self_speculative.decode(model, prompt, cfg, sink, generator, steps, exit_layer, stats, adjust)
         else:
-            autoregressive.decode(model, prompt, cfg, sink, generator, steps, exit_layer)
+            autoregressive.decode(model, prompt, cfg, sink, generator, steps, adjust, exit_layer)
     end = time.perf_counter()
     first = sink.first_token_time or end
     return GenerationResult(
@@ -94,3 +95,17 @@ def generate_ids(
         total_time_s=end - start,
         stats=stats,
     )
+
+
+def _counting(adjust: LogitAdjuster, on_tokens: TokenCallback | None) -> TokenCallback | None:
+    """`on_tokens` that also counts committed tokens for the penalties (when there are any)."""
+    if not adjust.active:
+        return on_tokens
+
+    def count_then_forward(ids: list[int], kind: str) -> None:
+        if kind != REJECTED:
+            adjust.commit(ids)
+        if on_tokens is not None:
+            on_tokens(ids, kind)
+
+    return count_then_forward

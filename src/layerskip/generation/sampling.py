@@ -55,12 +55,14 @@ class LogitAdjuster:
         if self.active:
             self.counts.index_add_(0, torch.tensor(ids, device=self.counts.device), self.counts.new_ones(len(ids)))
 
-    def __call__(self, logits: Tensor, drafts: Tensor | None = None, columns: Tensor | None = None) -> Tensor:
-        """One row of logits [V] after the committed tokens and then `drafts` [n]; `columns` are
-        the vocabulary ids a draft head's reduced logits [N] stand for."""
+    def __call__(self, logits: Tensor, drafts: list[Tensor] = (), columns: Tensor | None = None) -> Tensor:
+        """One row of logits [V] after the committed tokens and then `drafts` (token ids, 0-d);
+        `columns` are the vocabulary ids a draft head's reduced logits [N] stand for."""
         if not self.active:
             return logits
-        counts = self.counts if drafts is None else self.counts + torch.bincount(drafts, minlength=len(self.counts))
+        counts = self.counts
+        if len(drafts):
+            counts = counts + torch.bincount(torch.stack(drafts), minlength=len(counts))
         delta = self._delta(counts)
         return logits.float() + (delta if columns is None else delta[columns])
 

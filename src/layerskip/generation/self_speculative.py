@@ -19,7 +19,7 @@ from layerskip.generation.clock import PhaseClock
 from layerskip.generation.config import GenerationConfig
 from layerskip.generation.draft_vocab import DraftHead, configured_draft_head
 from layerskip.generation.output import ACCEPTED, SpeculationStats, TokenSink
-from layerskip.generation.sampling import next_token, processed_probs, sample
+from layerskip.generation.sampling import LogitAdjuster, next_token, processed_probs, sample
 from layerskip.generation.steps import Steps, prefill
 from layerskip.model.llama import Transformer, positions
 
@@ -40,6 +40,7 @@ def draft(
     cfg: GenerationConfig,
     generator: torch.Generator | None,
     head: DraftHead,
+    adjust: LogitAdjuster,
 ) -> Draft:
     """Run the pending token (at `pos` [1, 1]) and up to `max_drafts` drafts through the early layers."""
     cache = model.exit_query_cache
@@ -49,7 +50,7 @@ def draft(
     for i in range(max_drafts):
         h, logits = steps.draft(model, head, token.view(1, 1), pos + i, exit_layer)
         cache.write(i, h)
-        logits = logits[0]
+        logits = adjust(logits[0], tokens, head.ids)  # draft i sees drafts[:i]
         if cfg.greedy:
             token = head.to_vocab(logits.argmax(-1))
             confidence = logits.softmax(-1).max() if threshold is not None else None
@@ -120,11 +121,13 @@ def decode(
     steps: Steps,
     exit_layer: int,
     stats: SpeculationStats,
+    adjust: LogitAdjuster,
 ) -> None:
-    """Generate into `sink` by draft/verify rounds until it says stop (one host sync per round)."""
+    """Generate into `sink` by draft/verify rounds until it says stop (one host sync per round).
+    `adjust` applies penalties and logit_bias to drafts and verification alike."""
     head = configured_draft_head(model, cfg)
     device, n = prompt.device, prompt.shape[0]
-    token = next_token(prefill(model, prompt[None], positions(0, n, device))[0], cfg, generator)
+    token = next_token(adjust(prefill(model, prompt[None], positions(0, n, device))[0]), cfg, generator)
     if sink.push([int(token)]):
         return
     pos = positions(n, 1, device)  # the pending token's position, kept on the device
@@ -133,10 +136,11 @@ def decode(
     k = cfg.num_speculations
     while True:
         t0 = clock.mark()
-        d = draft(model, steps, token, pos, exit_layer, min(k, sink.remaining - 1), cfg, generator, head)
+        d = draft(model, steps, token, pos, exit_layer, min(k, sink.remaining - 1), cfg, generator, head, adjust)
         t1 = clock.mark()
         n_drafts = d.tokens.shape[0]
         logits = verify(model, steps, pos + offsets[:, : n_drafts + 1], n_drafts + 1, exit_layer)
+        logits = adjust.rows(logits, d.tokens)  # row i sees drafts[:i]
         if cfg.greedy:
             n_acc, new = accept_greedy(d, logits)
         else:
