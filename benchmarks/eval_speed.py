@@ -23,7 +23,8 @@ from lm_eval.api.instance import Instance
 
 from layerskip.eval.harness import TASKS_DIR
 from layerskip.eval.lm import LayerSkipLM
-from layerskip.eval.stats import GenerationTotals
+from layerskip.eval.stats import generation_figures
+from layerskip.generation.output import GenerationTotals
 from layerskip.model.loaded import LoadedModel
 from layerskip.model.loading import load_model
 from layerskip.model.synthetic import silence_layers
@@ -68,7 +69,7 @@ def generation(loaded: LoadedModel, args: argparse.Namespace) -> None:
             order = (ar, spec) if (i + r) % 2 == 0 else (spec, ar)
             first, second = (lm.generate_until([req], disable_tqdm=True)[0] for lm in order)
             mismatches += first != second
-    a, s = ar.totals.to_dict(), spec.totals.to_dict()
+    a, s = generation_figures(ar.totals), generation_figures(spec.totals)
     print(f"model {loaded.name}{' (perfect draft)' if args.perfect_draft else ''}, E={args.exit_layer}, "
           f"k={args.num_speculations}, {s['requests']} requests, {s['new_tokens']} tokens each strategy")
     print(f"autoregressive   {a['tokens_per_second']:.2f} tok/s")

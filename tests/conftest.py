@@ -9,11 +9,29 @@ from pathlib import Path
 import pytest
 import torch
 
+from layerskip.cache_paths import cache_root
 from layerskip.model.config import ModelConfig, RopeScaling
 from layerskip.model.loaded import LoadedModel
 from layerskip.model.loading import load_model
 from layerskip.model.saving import save_pretrained
 from layerskip.model.synthetic import random_model
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_cache(tmp_path_factory):
+    """$LAYERSKIP_CACHE is a fresh directory per session, so no setting the developer tuned changes
+    a default. The dequantised weights and the tokenizers are linked in from the usual cache: they
+    are keyed by file and change nothing but load time (SmolLM2 stays warm across sessions)."""
+    usual, own = cache_root(), tmp_path_factory.mktemp("layerskip-cache")
+    for name in ("weights", "tokenizers"):  # model/weight_cache.py, model/loading.py
+        try:
+            (usual / name).mkdir(parents=True, exist_ok=True)
+            (own / name).symlink_to(usual / name, target_is_directory=True)
+        except OSError:  # a read-only home: this session warms its own
+            pass
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LAYERSKIP_CACHE", str(own))
+        yield own
 
 
 @pytest.fixture(autouse=True)

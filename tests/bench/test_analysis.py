@@ -1,6 +1,7 @@
 import pytest
 
 from layerskip.bench.analysis import analyze, layer_statistics, text_ids
+from layerskip.bench.cost_model import memory_bound_costs
 from layerskip.bench.data import load_dataset
 from layerskip.model.loading import load_model
 from layerskip.model.synthetic import silence_layers
@@ -17,7 +18,9 @@ def perfect(tiny_dir):
 
 
 def test_perfect_draft_agreement_is_one_from_e(perfect):
-    result = analyze(perfect, load_dataset("code", num_samples=2), max_tokens=64, max_k=4)
+    """Memory-bound costs (no timing): the cheapest perfect draft, E=2, is the one recommended."""
+    costs = memory_bound_costs(perfect.config, max_tokens=5)
+    result = analyze(perfect, load_dataset("code", num_samples=2), max_tokens=64, max_k=4, costs=costs)
     assert [r.layer for r in result.records] == [1, 2, 3, 4]
     for r in result.records[PERFECT_FROM - 1 :]:
         assert r.agreement == 1.0
@@ -28,8 +31,11 @@ def test_perfect_draft_agreement_is_one_from_e(perfect):
     assert result.num_tokens == sum(len(ids) for ids in text_ids(perfect, load_dataset("code", 2), 64))
     d = result.to_dict()
     assert {"layer", "agreement", "perplexity", "predicted_speedup", "best_k"} <= set(d["records"][0])
-    if result.recommended_exit_layer is not None:
-        assert result.recommended_exit_layer == max(result.records[:-1], key=lambda r: r.predicted_speedup).layer
+    assert result.recommended_exit_layer == PERFECT_FROM
+    assert result.predicted_speedup == max(r.predicted_speedup for r in result.records[:-1]) > 1.0
+    best = result.record(PERFECT_FROM)
+    assert result.recommended_k == best.best_k
+    assert best.predicted_speedup == costs.speedup(PERFECT_FROM, best.best_k, 1.0)
 
 
 def test_layer_statistics_last_layer_agrees_with_itself(tiny):

@@ -1,7 +1,6 @@
 import pytest
 
-from layerskip.bench.metrics import exact_match, quality, rouge, summarize_speed
-from layerskip.generation.output import GenerationResult, SpeculationStats
+from layerskip.bench.metrics import exact_match, quality, rouge
 
 
 def test_rouge_known_pairs():
@@ -40,22 +39,3 @@ def test_quality_by_metric():
     assert quality("none", ["x"], ["x"]) == {}
     assert quality("rouge", ["x"], [None]) == {}
     assert set(quality("rouge", ["x"], ["x"])) == {"rouge1", "rouge2", "rougeL"}
-
-
-def result(n_tokens: int, decode_s: float, drafted: int = 0, accepted: int = 0, verifications: int = 0):
-    return GenerationResult(
-        text="", token_ids=list(range(n_tokens)), prompt_tokens=3, finish_reason="length",
-        strategy="self_speculative", exit_layer=2, num_speculations=4, time_to_first_token_s=0.5,
-        decode_time_s=decode_s, total_time_s=decode_s + 0.5,
-        stats=SpeculationStats(drafted, accepted, verifications),
-    )
-
-
-def test_speed_summary_is_ratio_of_sums():
-    s = summarize_speed([result(11, 1.0, 8, 6, 4), result(21, 4.0, 12, 3, 6)])
-    assert s.decode_tokens == 30 and s.new_tokens == 32
-    assert s.decode_tokens_per_s == pytest.approx(30 / 5.0)
-    assert s.ms_per_token == pytest.approx(1000 * 5.0 / 30)
-    assert s.total_tokens_per_s == pytest.approx(32 / 6.0)
-    assert s.acceptance_rate == pytest.approx(9 / 20)
-    assert s.mean_accepted_length == pytest.approx((9 + 10) / 10)

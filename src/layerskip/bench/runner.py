@@ -9,11 +9,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from layerskip.bench.data import Dataset
-from layerskip.bench.metrics import SpeedSummary, quality, summarize_speed
+from layerskip.bench.metrics import quality
 from layerskip.errors import LayerSkipError
-from layerskip.generation.config import GenerationConfig
+from layerskip.generation.config import GenerationConfig, is_speculative
 from layerskip.generation.generate import generate
-from layerskip.generation.output import GenerationResult
+from layerskip.generation.output import GenerationResult, GenerationTotals, cut_at_stop_strings
 from layerskip.model.loaded import LoadedModel
 
 ProgressCallback = Callable[[int, int], None]  # (generations done, generations in all)
@@ -47,13 +47,13 @@ class ArmSummary:
     strategy: str
     exit_layer: int | None
     num_speculations: int | None
-    speed: SpeedSummary
+    speed: GenerationTotals
     quality: dict[str, float]
     speedup: float | None  # decode tokens/s over the autoregressive arm's
 
     def row(self) -> dict[str, Any]:
         """One flat record for CSV and JSON."""
-        s = self.speed
+        s, spec = self.speed, is_speculative(self.strategy)
         return {
             "arm": self.name,
             "strategy": self.strategy,
@@ -65,8 +65,8 @@ class ArmSummary:
             "ms_per_token": s.ms_per_token,
             "total_tokens_per_s": s.total_tokens_per_s,
             "speedup": self.speedup,
-            "acceptance_rate": s.acceptance_rate if self.strategy == "self_speculative" else None,
-            "mean_accepted_length": s.mean_accepted_length if self.strategy == "self_speculative" else None,
+            "acceptance_rate": s.stats.acceptance_rate if spec else None,
+            "mean_accepted_length": s.stats.mean_accepted_length if spec else None,
             **self.quality,
         }
 
@@ -115,21 +115,10 @@ def sample_row(s: Sample) -> dict[str, Any]:
         "decode_tokens_per_s": r.decode_tokens_per_second,
         "time_to_first_token_s": r.time_to_first_token_s,
         "total_time_s": r.total_time_s,
-        "acceptance_rate": r.stats.acceptance_rate if r.strategy == "self_speculative" else None,
+        "acceptance_rate": r.stats.acceptance_rate if r.speculative else None,
         "finish_reason": r.finish_reason,
         "prediction": s.prediction,
     }
-
-
-def cut_at_stops(text: str, stops: list[str]) -> str:
-    """The text before the first stop string (stops are matched after the first character, so an
-    answer that starts with a newline is not emptied)."""
-    cut = len(text)
-    for stop in stops:
-        i = text.find(stop, 1)
-        if i != -1:
-            cut = min(cut, i)
-    return text[:cut]
 
 
 def make_arms(loaded: LoadedModel, configs: list[GenerationConfig]) -> list[Arm]:
@@ -162,7 +151,8 @@ def run_arms(
         shift = i % len(arms)
         for arm in arms[shift:] + arms[:shift]:
             result = generate(loaded, example.prompt, arm.config)
-            prediction = cut_at_stops(result.text, dataset.stop_strings)
+            # stops match from the second character on, so an answer that starts with one is not emptied
+            prediction = cut_at_stop_strings(result.text, dataset.stop_strings, start=1)
             samples[arm.name].append(Sample(arm.name, example.id, result, prediction))
             done += 1
             if on_progress is not None:
@@ -172,7 +162,7 @@ def run_arms(
 
 def summarize(dataset: Dataset, arms: list[Arm], samples: dict[str, list[Sample]]) -> list[ArmSummary]:
     refs = [e.reference for e in dataset.examples]
-    speeds = {name: summarize_speed([s.result for s in ss]) for name, ss in samples.items()}
+    speeds = {name: GenerationTotals.of(s.result for s in ss) for name, ss in samples.items()}
     base = next((speeds[a.name] for a in arms if a.config.strategy == "autoregressive"), None)
     out = []
     for arm in arms:
@@ -182,7 +172,7 @@ def summarize(dataset: Dataset, arms: list[Arm], samples: dict[str, list[Sample]
             speedup = speed.decode_tokens_per_s / base.decode_tokens_per_s
         preds = [s.prediction for s in samples[arm.name]]
         cfg = arm.config
-        k = cfg.num_speculations if cfg.strategy == "self_speculative" else None
+        k = cfg.num_speculations if cfg.speculative else None
         out.append(ArmSummary(arm.name, cfg.strategy, cfg.exit_layer, k, speed,
                               quality(dataset.metric, preds, refs), speedup))
     return out
@@ -195,7 +185,7 @@ def check_equal(arms: list[Arm], samples: dict[str, list[Sample]]) -> list[Misma
         raise LayerSkipError("the check compares against autoregressive: include it in the strategies")
     mismatches = []
     for arm in arms:
-        if arm.config.strategy != "self_speculative":
+        if not arm.config.speculative:
             continue
         for ref, got in zip(samples[base.name], samples[arm.name], strict=True):
             a, b = ref.result.token_ids, got.result.token_ids

@@ -12,7 +12,7 @@ import numpy as np
 from layerskip.bench.data import Dataset
 from layerskip.bench.runner import BenchReport, ProgressCallback, run_benchmark
 from layerskip.errors import LayerSkipError
-from layerskip.generation.config import GenerationConfig
+from layerskip.generation.config import GenerationConfig, is_speculative
 from layerskip.model.loaded import LoadedModel
 
 
@@ -24,7 +24,7 @@ class SweepResult:
 
     def rows(self) -> list[dict[str, Any]]:
         """One record per cell (self-speculative arms only)."""
-        return [a.row() for a in self.report.arms if a.strategy == "self_speculative"]
+        return [a.row() for a in self.report.arms if is_speculative(a.strategy)]
 
     def grid(self, column: str) -> np.ndarray:
         """A [len(E), len(k)] array of one column (NaN where missing)."""

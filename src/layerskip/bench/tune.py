@@ -5,6 +5,7 @@ until the prompts or the time budget run out."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -86,7 +87,7 @@ def choose(
     close = [c for c in candidates if measured[(c.exit_layer, c.k)].speedup >= top * (1 - tol)]
 
     def modelled(c: Candidate) -> float:
-        alpha = acceptance_from_mean_length(measured[(c.exit_layer, c.k)].speed.mean_accepted_length, c.k)
+        alpha = acceptance_from_mean_length(measured[(c.exit_layer, c.k)].speed.stats.mean_accepted_length, c.k)
         return costs.speedup(c.exit_layer, c.k, alpha)
 
     return max(close, key=modelled)
@@ -100,10 +101,11 @@ def tune(
     model_key: str,
     on_progress: ProgressCallback | None = None,
     costs: LayerCosts | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> TuneResult:
     """Analyse, prune to the best predicted candidates, measure them; returns the chosen setting.
-    `costs` (measured here when None) must cover 1..max_k+1 tokens."""
-    start = time.perf_counter()
+    `costs` (measured here when None) must cover 1..max_k+1 tokens; `clock` keeps the time budget."""
+    start = clock()
     costs = costs if costs is not None else measure_costs(loaded.model, cfg.max_k + 1, repeats=3)
     analysis = analyze(loaded, dataset, cfg.analysis_tokens, cfg.max_k, costs)
     candidates = rank_candidates(analysis, cfg.max_k, cfg.num_candidates)
@@ -121,7 +123,7 @@ def tune(
         done += 1
         if on_progress is not None:
             on_progress(done, len(dataset.examples))
-        if time.perf_counter() - start > cfg.time_budget_s:
+        if clock() - start > cfg.time_budget_s:
             break
     measured_dataset = replace(dataset, examples=dataset.examples[:done])
     summaries = summarize(measured_dataset, arms, samples)
@@ -133,12 +135,12 @@ def tune(
         exit_layer=best.exit_layer,
         num_speculations=best.k,
         speedup=cell.speedup,
-        acceptance_rate=cell.speed.acceptance_rate,
+        acceptance_rate=cell.speed.stats.acceptance_rate,
         beats_autoregressive=cell.speedup > 1.0,
         dataset=dataset.name,
         max_new_tokens=cfg.max_new_tokens,
     )
-    return TuneResult(analysis, candidates, summaries, done, chosen, time.perf_counter() - start)
+    return TuneResult(analysis, candidates, summaries, done, chosen, clock() - start)
 
 
 def verdict(result: TuneResult) -> str:

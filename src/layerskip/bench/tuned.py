@@ -1,25 +1,22 @@
 """Tuned settings per model: `layerskip tune` writes the chosen E and k to a JSON file keyed by the
-resolved model path; `generate`, `bench` and `serve` read it when --exit-layer or
---num-speculations is not given.
+resolved model path, the dtype and the device type; `generate`, `bench`, `serve` and `eval` read it
+when --exit-layer or --num-speculations is not given.
 
 Files live in $LAYERSKIP_CACHE/tuned/ (default ~/.cache/layerskip/tuned/).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+
+import torch
 
 from layerskip.cache_paths import cache_root
 from layerskip.errors import LayerSkipError
-from layerskip.generation.config import GenerationConfig
-from layerskip.model.loaded import LoadedModel
-from layerskip.model.loading import load_model, resolve
-from layerskip.model.synthetic import silence_layers
+from layerskip.model.loading import resolve
 
 
 @dataclass
@@ -34,11 +31,21 @@ class TunedSetting:
     max_new_tokens: int
 
 
-def model_key(name: str | None, perfect_draft_from: int | None = None) -> str:
-    """The resolved local path of a model (hub ids stay ids: resolving them may download)."""
+def model_key(name: str | None, dtype: str, device: str, perfect_draft_from: int | None = None) -> str:
+    """The resolved local path of a model (hub ids stay ids: resolving them may download), with the
+    dtype and device type: an E and k tuned in float32 on a CPU says nothing of int4 or CUDA."""
     is_hub_id = name is not None and name.count("/") == 1 and not Path(name).expanduser().exists()
     key = name if is_hub_id else str(resolve(name).resolve())
+    key += f"#dtype={dtype}#device={_device_type(device)}"
     return key if perfect_draft_from is None else f"{key}#perfect-draft-from={perfect_draft_from}"
+
+
+def _device_type(device: str) -> str:
+    """cuda:1 and cuda share a setting; an unknown device is the user's error."""
+    try:
+        return torch.device(device).type
+    except RuntimeError as e:
+        raise LayerSkipError(f"unknown device {device!r} (e.g. cpu, cuda, cuda:1)") from e
 
 
 def tuned_dir() -> Path:
@@ -56,9 +63,11 @@ def save_tuned(setting: TunedSetting) -> Path:
     return path
 
 
-def load_tuned(name: str | None, perfect_draft_from: int | None = None) -> TunedSetting | None:
-    """The setting `layerskip tune` chose for this model, or None if it was never tuned."""
-    key = model_key(name, perfect_draft_from)
+def load_tuned(
+    name: str | None, dtype: str, device: str, perfect_draft_from: int | None = None
+) -> TunedSetting | None:
+    """The setting `layerskip tune` chose for this model, dtype and device, or None if never tuned."""
+    key = model_key(name, dtype, device, perfect_draft_from)
     path = tuned_path(key)
     if not path.is_file():
         return None
@@ -68,25 +77,3 @@ def load_tuned(name: str | None, perfect_draft_from: int | None = None) -> Tuned
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise LayerSkipError(f"{path} is not a valid tuned setting ({e}); delete it or rerun `layerskip tune`") from e
     return setting if setting.model_key == key else None
-
-
-def tuned_values(args: argparse.Namespace) -> dict[str, Any]:
-    """exit_layer and num_speculations from the flags, unset ones from the tuned file (else defaults)."""
-    e, k = args.exit_layer, args.num_speculations
-    if e is None or k is None:
-        tuned = load_tuned(args.model, getattr(args, "perfect_draft_from", None))
-        if tuned is not None:
-            e = tuned.exit_layer if e is None else e
-            k = tuned.num_speculations if k is None else k
-    return {"exit_layer": e, "num_speculations": GenerationConfig.num_speculations if k is None else k}
-
-
-def load_for_measurement(args: argparse.Namespace) -> LoadedModel:
-    """Load --model; with --perfect-draft-from E, silence layers >= E (a test and benchmark aid)."""
-    loaded = load_model(args.model, args.dtype, args.device, adapter=args.adapter, compile=args.compile)
-    e = getattr(args, "perfect_draft_from", None)
-    if e is not None:
-        if not 1 <= e < loaded.config.n_layers:
-            raise LayerSkipError(f"--perfect-draft-from must be in 1..{loaded.config.n_layers - 1}, got {e}")
-        silence_layers(loaded.model, e)
-    return loaded

@@ -8,11 +8,14 @@ import sys
 from pathlib import Path
 
 from layerskip.bench.analysis import analyze
-from layerskip.bench.plots import analysis_figure, save
 from layerskip.bench.report import format_table, write_json
-from layerskip.bench.tuned import load_for_measurement
-from layerskip.commands.common import add_model_arguments
-from layerskip.commands.measure import add_dataset_arguments, dataset_from_args
+from layerskip.commands.common import (
+    add_dataset_arguments,
+    add_model_arguments,
+    dataset_from_args,
+    load_for_measurement,
+)
+from layerskip.commands.extras import require_extra
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_extra("bench")
+    from layerskip.bench.plots import analysis_figure, save
+
     dataset = dataset_from_args(args)
     loaded = load_for_measurement(args)
     result = analyze(loaded, dataset, args.max_tokens, args.max_k)

@@ -9,9 +9,16 @@ from pathlib import Path
 
 from layerskip.bench.report import format_table, write_csv, write_json
 from layerskip.bench.runner import BenchReport, run_benchmark, sample_row
-from layerskip.bench.tuned import load_for_measurement
-from layerskip.commands.common import add_generation_arguments, add_model_arguments, generation_config
-from layerskip.commands.measure import add_dataset_arguments, dataset_from_args, progress_bar
+from layerskip.commands.common import (
+    add_dataset_arguments,
+    add_generation_arguments,
+    add_model_arguments,
+    dataset_from_args,
+    generation_config,
+    load_for_measurement,
+    progress_bar,
+)
+from layerskip.commands.extras import require_extra
 from layerskip.errors import LayerSkipError
 from layerskip.generation.config import STRATEGIES
 
@@ -41,6 +48,7 @@ def parse_strategies(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_extra("bench")
     configs = [generation_config(args, strategy=s) for s in parse_strategies(args.strategies)]
     dataset = dataset_from_args(args)
     loaded = load_for_measurement(args)

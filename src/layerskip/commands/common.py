@@ -1,17 +1,28 @@
-"""Flags shared by the commands that load a model and generate, derived from GenerationConfig."""
+"""Flags and argparse glue shared by the commands: the model flags, the generation flags (derived
+from GenerationConfig's fields), the dataset flags of the measuring commands, and tuned E and k."""
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
+import sys
+import typing
+from collections.abc import Callable
+from dataclasses import Field, fields
+from typing import Any
 
-from layerskip.bench.tuned import tuned_values
-from layerskip.generation.config import STRATEGIES, GenerationConfig
+import torch
+
+from layerskip.bench.data import METRICS, Dataset, load_dataset
+from layerskip.bench.tuned import load_tuned
+from layerskip.errors import LayerSkipError
+from layerskip.generation.config import GenerationConfig
 from layerskip.model.loaded import LoadedModel
 from layerskip.model.loading import DEFAULT_MODEL, DTYPES, load_model
 from layerskip.model.quantize import QUANT_MODES
+from layerskip.model.synthetic import silence_layers
 
-_DEFAULTS = {f.name: f.default for f in fields(GenerationConfig) if not callable(f.default_factory)}
+TUNED = ("exit_layer", "num_speculations")  # unset on the command line: `layerskip tune`'s choice
+STRATEGY_FLAGS = tuple(f.name for f in fields(GenerationConfig) if f.metadata.get("group") == "strategy")
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,50 +43,110 @@ def load_from_args(args: argparse.Namespace) -> LoadedModel:
     return load_model(args.model, args.dtype, args.device, adapter=args.adapter, compile=args.compile)
 
 
-def add_generation_arguments(p: argparse.ArgumentParser, default_strategy: str = "autoregressive") -> None:
+def _flag_fields(only: tuple[str, ...] | None) -> list[Field]:
+    return [f for f in fields(GenerationConfig) if "help" in f.metadata and (only is None or f.name in only)]
+
+
+def _add_flag(g: argparse._ArgumentGroup, f: Field, hint: type, default: object) -> None:
+    """One GenerationConfig field as a flag: a bool is a switch, a list repeats, else typed."""
+    meta = f.metadata
+    name = meta.get("flag", "--" + f.name.replace("_", "-"))
+    help_text = meta["help"]
+    if f.name in TUNED:
+        help_text += f" (default: tuned, else {meta.get('default_help', f.default)})"
+    options: dict[str, Any] = {"dest": f.name, "help": help_text}
+    if hint is bool:
+        options["action"] = "store_true"
+    elif typing.get_origin(hint) is list:
+        options |= {"action": "append", "default": [], "type": typing.get_args(hint)[0]}
+    else:
+        scalar = next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
+        options |= {"type": scalar, "default": default}
+    options |= {k: meta[k] for k in ("metavar", "choices") if k in meta}
+    g.add_argument(name, **options)
+
+
+def add_generation_arguments(
+    p: argparse.ArgumentParser, default_strategy: str = GenerationConfig.strategy, only: tuple[str, ...] | None = None
+) -> None:
+    """GenerationConfig's flag fields (or `only` those), under its names, types and defaults;
+    E and k default to None so that tuned values can fill them in."""
     g = p.add_argument_group("generation")
-    g.add_argument("--strategy", choices=STRATEGIES, default=default_strategy)
-    g.add_argument("--exit-layer", type=int, default=None,
-                   help="E: layers 0..E-1 draft or exit (default: tuned, else the model's recommendation, else L/4)")
-    g.add_argument("--num-speculations", type=int, default=None,
-                   help=f"k: draft tokens per verification (default: tuned, else {_DEFAULTS['num_speculations']})")
-    g.add_argument("--max-new-tokens", type=int, default=_DEFAULTS["max_new_tokens"])
-    g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    g.add_argument("--temperature", type=float, default=_DEFAULTS["temperature"])
-    g.add_argument("--top-k", type=int, default=None)
-    g.add_argument("--top-p", type=float, default=None)
-    g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--stop", action="append", default=[], metavar="STRING", help="stop string (repeatable)")
-    g.add_argument("--ignore-eos", action="store_true", help="generate exactly --max-new-tokens tokens")
-    g.add_argument("--draft-threshold", type=float, default=None,
-                   help="adaptive: stop drafting when the draft's top probability is below this")
-    g.add_argument("--adaptive-k", action="store_true", help="adaptive: adjust k from recent acceptance")
-    g.add_argument("--draft-vocab-size", type=int, default=None, metavar="N",
-                   help="self-speculative: draft over the N most frequent tokens only (output unchanged)")
-    g.add_argument("--draft-vocab-file", default=None, metavar="FILE",
-                   help="token ids ranked most frequent first (JSON list or one per line); default: id order")
+    hints = typing.get_type_hints(GenerationConfig)
+    for f in _flag_fields(only):
+        default = default_strategy if f.name == "strategy" else None if f.name in TUNED else f.default
+        _add_flag(g, f, hints[f.name], default)
+
+
+def tuned_values(args: argparse.Namespace) -> dict[str, Any]:
+    """exit_layer and num_speculations from the flags, unset ones from the tuned file (else defaults)."""
+    e, k = args.exit_layer, args.num_speculations
+    if e is None or k is None:
+        tuned = load_tuned(args.model, args.dtype, args.device, getattr(args, "perfect_draft_from", None))
+        if tuned is not None:
+            e = tuned.exit_layer if e is None else e
+            k = tuned.num_speculations if k is None else k
+    return {"exit_layer": e, "num_speculations": GenerationConfig.num_speculations if k is None else k}
 
 
 def generation_config(args: argparse.Namespace, **overrides: object) -> GenerationConfig:
-    """A validated GenerationConfig from the shared flags."""
-    values = dict(
-        strategy=args.strategy,
-        exit_layer=args.exit_layer,
-        num_speculations=args.num_speculations,
-        max_new_tokens=args.max_new_tokens,
-        do_sample=args.sample,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        stop_strings=args.stop,
-        ignore_eos=args.ignore_eos,
-        draft_confidence_threshold=args.draft_threshold,
-        adaptive_k=args.adaptive_k,
-        draft_vocab_size=args.draft_vocab_size,
-        draft_vocab_file=args.draft_vocab_file,
-        chat=getattr(args, "chat", False),
-    )
-    values.update(tuned_values(args))  # unset --exit-layer / --num-speculations: `layerskip tune`'s choice
-    values.update(overrides)
+    """A validated GenerationConfig from the flags `add_generation_arguments` added, tuned E and k."""
+    values = {f.name: getattr(args, f.name) for f in _flag_fields(None) if hasattr(args, f.name)}
+    values["chat"] = getattr(args, "chat", False)
+    values |= tuned_values(args)
+    values |= overrides
     return GenerationConfig(**values)
+
+
+def add_dataset_arguments(p: argparse.ArgumentParser, default_samples: int) -> None:
+    """Flags shared by the measuring commands: bench, sweep, analyze and tune."""
+    d = p.add_argument_group("dataset")
+    d.add_argument("--dataset", default="code",
+                   help="built-in set (code, summarization, qa), a .jsonl/.json/.csv file, or a HF dataset "
+                        "(cnn_dailymail, xsum, openai_humaneval, gsm8k)")
+    d.add_argument("--num-samples", type=int, default=default_samples)
+    d.add_argument("--prompt-field", default="prompt", help="field of a local file that holds the prompt")
+    d.add_argument("--reference-field", default="reference", help="field of a local file that holds the reference")
+    d.add_argument("--metric", choices=METRICS, default=None,
+                   help="quality metric (default: the dataset's)")
+    d.add_argument("--n-shot", type=int, default=0, help="in-context examples for HF datasets")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 gives steadier timings on a machine shared with other jobs)")
+    p.add_argument("--perfect-draft-from", type=int, default=None, metavar="E",
+                   help="test/benchmark aid: silence layers >= E after loading, so drafts from E on are perfect")
+
+
+def dataset_from_args(args: argparse.Namespace) -> Dataset:
+    """The dataset the flags name (and --threads applied: every measuring command calls this first)."""
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    return load_dataset(args.dataset, args.num_samples, args.prompt_field, args.reference_field, args.metric,
+                        args.n_shot, getattr(args, "seed", None) or 0)
+
+
+def load_for_measurement(args: argparse.Namespace) -> LoadedModel:
+    """Load --model; with --perfect-draft-from E, silence layers >= E (a test and benchmark aid)."""
+    loaded = load_from_args(args)
+    e = args.perfect_draft_from
+    if e is not None:
+        if not 1 <= e < loaded.config.n_layers:
+            raise LayerSkipError(f"--perfect-draft-from must be in 1..{loaded.config.n_layers - 1}, got {e}")
+        silence_layers(loaded.model, e)
+    return loaded
+
+
+def progress_bar(desc: str) -> Callable[[int, int], None]:
+    """A tqdm progress callback for the runner (on stderr)."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def on_progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=False)
+        bar.update(done - bar.n)
+        if done == total:
+            bar.close()
+
+    return on_progress

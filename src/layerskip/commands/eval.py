@@ -5,21 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from layerskip.commands.common import add_model_arguments
+from layerskip.commands.common import STRATEGY_FLAGS, add_generation_arguments, add_model_arguments, generation_config
+from layerskip.commands.extras import require_extra
 from layerskip.eval.harness import HarnessConfig
-from layerskip.generation.config import STRATEGIES, GenerationConfig
 from layerskip.model.loading import DEFAULT_MODEL
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
-    g = p.add_argument_group("strategy")
-    g.add_argument("--strategy", choices=STRATEGIES, default=GenerationConfig.strategy,
-                   help="early_exit also scores log-likelihoods at the exit layer; the others at full depth")
-    g.add_argument("--exit-layer", type=int, default=None,
-                   help="E: layers 0..E-1 draft or exit (default: the model's recommendation, else L/4)")
-    g.add_argument("--num-speculations", type=int, default=GenerationConfig.num_speculations,
-                   help="k: draft tokens per verification")
+    add_generation_arguments(p, only=STRATEGY_FLAGS)  # how tokens are decoded is each task's choice
+    p.epilog = "early_exit also scores log-likelihoods at the exit layer; the other strategies at full depth."
     h = p.add_argument_group("lm-eval (same names as lm-eval's own options)")
     h.add_argument("--tasks", required=True,
                    help="comma-separated task names; layerskip_mc and layerskip_gen are shipped with layerskip")
@@ -32,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_extra("eval")
+    generation = generation_config(args)  # validated, unset E and k tuned
     cfg = HarnessConfig(
         tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
         include_path=args.include_path,
@@ -43,9 +40,7 @@ def run(args: argparse.Namespace) -> int:
     )
     model_args = {
         "pretrained": args.model or DEFAULT_MODEL,
-        "strategy": args.strategy,
-        "exit_layer": args.exit_layer,
-        "num_speculations": args.num_speculations,
+        **{name: getattr(generation, name) for name in STRATEGY_FLAGS},
         "dtype": args.dtype,
         "device": args.device,
         "adapter": args.adapter,

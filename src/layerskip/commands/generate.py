@@ -72,7 +72,7 @@ def stats_line(r: GenerationResult) -> str:
     )
     if r.strategy != "autoregressive":
         line += f", exit layer {r.exit_layer}"
-    if r.strategy == "self_speculative":
+    if r.speculative:
         s = r.stats
         line += (
             f", k={r.num_speculations}, acceptance {s.acceptance_rate:.1%} ({s.num_accepted}/{s.num_drafted}),"

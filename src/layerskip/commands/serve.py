@@ -13,6 +13,7 @@ from layerskip.commands.common import (
     generation_config,
     load_from_args,
 )
+from layerskip.commands.extras import require_extra
 from layerskip.model.loading import DEFAULT_MODEL, resolve
 from layerskip.serve.config import ServerConfig
 
@@ -55,6 +56,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_extra("serve")
     import uvicorn
 
     from layerskip.serve.app import create_app

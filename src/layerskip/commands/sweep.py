@@ -7,12 +7,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from layerskip.bench.plots import grid_figure, save
 from layerskip.bench.report import format_table, write_csv, write_json
 from layerskip.bench.sweep import sweep
-from layerskip.bench.tuned import load_for_measurement
-from layerskip.commands.common import add_generation_arguments, add_model_arguments, generation_config
-from layerskip.commands.measure import add_dataset_arguments, dataset_from_args, progress_bar
+from layerskip.commands.common import (
+    add_dataset_arguments,
+    add_generation_arguments,
+    add_model_arguments,
+    dataset_from_args,
+    generation_config,
+    load_for_measurement,
+    progress_bar,
+)
+from layerskip.commands.extras import require_extra
 from layerskip.errors import LayerSkipError
 
 
@@ -40,6 +46,9 @@ def default_exit_layers(n_layers: int, count: int = 4) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_extra("bench")
+    from layerskip.bench.plots import grid_figure, save
+
     base = generation_config(args)
     dataset = dataset_from_args(args)
     loaded = load_for_measurement(args)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from layerskip.commands.extras import require_extra
 from layerskip.training.config import config_path, load_config, shipped_configs
 
 
@@ -22,7 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from layerskip.training.trainer import train  # torch and the model: only when training
 
-    result = train(load_config(config_path(args.config), args.overrides))
+    config = load_config(config_path(args.config), args.overrides)
+    if config.lora.enabled:  # full fine-tuning needs no extra
+        require_extra("train")
+    result = train(config)
     if not result.main_process:
         return 0
     summary = {str(e): round(v["agreement"], 4) for e, v in result.last_eval.items()}

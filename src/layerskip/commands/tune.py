@@ -9,9 +9,15 @@ from pathlib import Path
 
 from layerskip.bench.report import format_table, write_json
 from layerskip.bench.tune import TuneConfig, tune, verdict
-from layerskip.bench.tuned import load_for_measurement, model_key, save_tuned
-from layerskip.commands.common import add_model_arguments
-from layerskip.commands.measure import add_dataset_arguments, dataset_from_args, progress_bar
+from layerskip.bench.tuned import model_key, save_tuned
+from layerskip.commands.common import (
+    add_dataset_arguments,
+    add_model_arguments,
+    dataset_from_args,
+    load_for_measurement,
+    progress_bar,
+)
+from layerskip.commands.extras import require_extra
 from layerskip.generation.config import GenerationConfig
 
 _DEFAULTS = TuneConfig()
@@ -34,11 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_extra("bench")
     cfg = TuneConfig(args.time_budget, args.candidates, args.max_k, args.max_new_tokens, args.analysis_tokens,
                      args.tie_tolerance)
     dataset = dataset_from_args(args)
     loaded = load_for_measurement(args)
-    key = model_key(args.model, args.perfect_draft_from)
+    key = model_key(args.model, args.dtype, args.device, args.perfect_draft_from)
     result = tune(loaded, dataset, GenerationConfig(), cfg, key, progress_bar("tune"))
     print(format_table([vars(c) for c in result.candidates], ["exit_layer", "k", "predicted_speedup"]))
     print()

@@ -23,9 +23,10 @@ from tqdm import tqdm
 
 from layerskip.errors import LayerSkipError
 from layerskip.eval.scoring import score_continuations
-from layerskip.eval.stats import GenerationTotals
+from layerskip.eval.stats import generation_figures
 from layerskip.generation.config import GenerationConfig
 from layerskip.generation.generate import generate_ids
+from layerskip.generation.output import GenerationTotals
 from layerskip.model.loaded import LoadedModel
 from layerskip.model.loading import load_model
 
@@ -51,6 +52,10 @@ class LayerSkipLM(TemplateLM):
         device: str | None = None,
         adapter: str | None = None,
         compile: bool = False,
+        draft_confidence_threshold: float | None = None,
+        adaptive_k: bool = False,
+        draft_vocab_size: int | None = None,
+        draft_vocab_file: str | None = None,
         batch_size: int | str = 1,
         max_batch_size: int | None = None,  # lm-eval always passes it; it only applies to batch_size=auto
         max_length: int | None = None,
@@ -61,7 +66,11 @@ class LayerSkipLM(TemplateLM):
         self.batch_size = _batch_size(batch_size)
         if max_gen_toks < 1:
             raise LayerSkipError(f"max_gen_toks must be >= 1, got {max_gen_toks}")
-        requested = GenerationConfig(strategy=strategy, exit_layer=exit_layer, num_speculations=num_speculations)
+        requested = GenerationConfig(
+            strategy=strategy, exit_layer=exit_layer, num_speculations=num_speculations,
+            draft_confidence_threshold=draft_confidence_threshold, adaptive_k=adaptive_k,
+            draft_vocab_size=draft_vocab_size, draft_vocab_file=draft_vocab_file,
+        )
         if isinstance(pretrained, LoadedModel):  # already loaded, e.g. shared by tests
             self.loaded = pretrained
         else:
@@ -184,10 +193,10 @@ class LayerSkipLM(TemplateLM):
             "scoring_exit_layer": self.score_exit_layer or self.loaded.config.n_layers,
             "num_layers": self.loaded.config.n_layers,
         }
-        if g.strategy == "self_speculative":
+        if g.speculative:
             info["num_speculations"] = g.num_speculations
-        if self.totals.requests:
-            info["generation"] = self.totals.to_dict()
+        if self.totals.num_generations:
+            info["generation"] = generation_figures(self.totals)
         return {"layerskip": info}
 
 

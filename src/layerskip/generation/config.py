@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from layerskip.errors import LayerSkipError
 
@@ -14,20 +15,31 @@ def is_speculative(strategy: str) -> bool:
     return strategy == "self_speculative"
 
 
+def _flag(default: object, help: str, **cli: object) -> Any:
+    """A field that is also a CLI flag: `help` and any argparse options (flag, metavar, choices,
+    default_help, group) are kept in the field's metadata, where commands/ reads them."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
 @dataclass
 class GenerationConfig:
-    strategy: str = "autoregressive"
-    max_new_tokens: int = 128
-    exit_layer: int | None = None  # E: layers 0..E-1 draft / exit; None = model's recommendation
-    num_speculations: int = 6  # k: drafts per verification
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
+    """Fields with `help` metadata are the shared generation flags of the CLI (commands/common.py);
+    group "strategy" marks those that choose how drafts are made, which `eval` takes too."""
+
+    strategy: str = _flag("autoregressive", "decoding strategy", choices=STRATEGIES, group="strategy")
+    max_new_tokens: int = _flag(128, "tokens to generate at most")
+    exit_layer: int | None = _flag(None, "E: layers 0..E-1 draft or exit", group="strategy",
+                                   default_help="the model's recommendation, else L/4")
+    num_speculations: int = _flag(6, "k: draft tokens per verification", group="strategy")
+    do_sample: bool = _flag(False, "sample instead of greedy decoding", flag="--sample")
+    temperature: float = _flag(1.0, "softmax temperature when sampling")
+    top_k: int | None = _flag(None, "sample from the k most likely tokens only")
+    top_p: float | None = _flag(None, "sample from the smallest nucleus of this probability only")
+    seed: int | None = _flag(None, "random seed of sampling")
     eos_token_ids: list[int] = field(default_factory=list)  # added to the model's own
-    stop_strings: list[str] = field(default_factory=list)
-    ignore_eos: bool = False
+    stop_strings: list[str] = field(default_factory=list, metadata={
+        "help": "stop string (repeatable)", "flag": "--stop", "metavar": "STRING"})
+    ignore_eos: bool = _flag(False, "generate exactly --max-new-tokens tokens")
     chat: bool = False
     # OpenAI's penalties on the tokens generated so far and biases by token id, added to the
     # logits of drafts and verification alike (sampling.LogitAdjuster).
@@ -35,13 +47,19 @@ class GenerationConfig:
     presence_penalty: float = 0.0
     logit_bias: dict[int, float] = field(default_factory=dict)
     # Adaptive drafting: stop a draft when its top probability falls below this threshold.
-    draft_confidence_threshold: float | None = None
+    draft_confidence_threshold: float | None = _flag(
+        None, "adaptive: stop drafting when the draft's top probability is below this",
+        flag="--draft-threshold", group="strategy")
     # Adaptive drafting: grow k after a fully accepted draft, shrink it after a rejection.
-    adaptive_k: bool = False
+    adaptive_k: bool = _flag(False, "adaptive: adjust k from recent acceptance", group="strategy")
     # Cheaper drafts: the early exit scores only the N most frequent tokens; verification keeps
     # the full vocabulary, so the output is unchanged (see generation/draft_vocab.py).
-    draft_vocab_size: int | None = None
-    draft_vocab_file: str | None = None  # token ids, most frequent first; default ranking: id order
+    draft_vocab_size: int | None = _flag(
+        None, "self-speculative: draft over the N most frequent tokens only (output unchanged)",
+        metavar="N", group="strategy")
+    draft_vocab_file: str | None = _flag(
+        None, "token ids ranked most frequent first (JSON list or one per line); default: id order",
+        metavar="FILE", group="strategy")
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:

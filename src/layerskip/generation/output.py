@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import astuple, dataclass, field
 from typing import Any
 
 from layerskip.generation.config import is_speculative
@@ -29,6 +29,9 @@ def cut_at_stop_strings(text: str, stop_strings: list[str], start: int = 0) -> s
 
 @dataclass
 class SpeculationStats:
+    """Draft and verification counts of one generation, or summed over many (`+`): the rates are
+    ratios of sums, so long answers weigh more."""
+
     num_drafted: int = 0
     num_accepted: int = 0
     num_verifications: int = 0
@@ -45,6 +48,9 @@ class SpeculationStats:
         if not self.num_verifications:
             return 0.0
         return (self.num_accepted + self.num_verifications) / self.num_verifications
+
+    def __add__(self, other: SpeculationStats) -> SpeculationStats:
+        return SpeculationStats(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
 
 @dataclass
@@ -70,10 +76,14 @@ class GenerationResult:
         return len(self.token_ids)
 
     @property
+    def decode_tokens(self) -> int:
+        """Tokens after the first: the first is paid by the prefill."""
+        return max(self.num_new_tokens - 1, 0)
+
+    @property
     def decode_tokens_per_second(self) -> float:
         """Tokens after the first over the time after the first (prefill excluded)."""
-        n = self.num_new_tokens - 1
-        return n / self.decode_time_s if n > 0 and self.decode_time_s > 0 else 0.0
+        return _rate(self.decode_tokens, self.decode_time_s)
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -101,6 +111,51 @@ class GenerationResult:
                 "verify_time_s": s.verify_time_s,
             }
         return d
+
+
+def _rate(n: float, seconds: float) -> float:
+    return n / seconds if n > 0 and seconds > 0 else 0.0
+
+
+@dataclass
+class GenerationTotals:
+    """Sums over many generations (a benchmark arm, an evaluation's requests): rates are ratios of
+    sums, so long answers weigh more."""
+
+    num_generations: int = 0
+    new_tokens: int = 0
+    decode_tokens: int = 0
+    decode_time_s: float = 0.0
+    total_time_s: float = 0.0
+    stats: SpeculationStats = field(default_factory=SpeculationStats)
+
+    @classmethod
+    def of(cls, results: Iterable[GenerationResult]) -> GenerationTotals:
+        totals = cls()
+        for r in results:
+            totals.add(r)
+        return totals
+
+    def add(self, r: GenerationResult) -> None:
+        self.num_generations += 1
+        self.new_tokens += r.num_new_tokens
+        self.decode_tokens += r.decode_tokens
+        self.decode_time_s += r.decode_time_s
+        self.total_time_s += r.total_time_s
+        self.stats += r.stats
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return _rate(self.decode_tokens, self.decode_time_s)
+
+    @property
+    def ms_per_token(self) -> float:
+        return 1000 * self.decode_time_s / self.decode_tokens if self.decode_tokens else 0.0
+
+    @property
+    def total_tokens_per_s(self) -> float:
+        """New tokens over wall time, prefill included."""
+        return _rate(self.new_tokens, self.total_time_s)
 
 
 class TokenSink:
