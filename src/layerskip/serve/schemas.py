@@ -11,7 +11,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
 
 from layerskip.generation.config import STRATEGIES
 
@@ -39,7 +48,8 @@ def _only_default(*defaults: object) -> Any:
             raise ValueError(f"not supported by this server; only its default ({shown}) is accepted")
         return value
 
-    return Annotated[Any, AfterValidator(check), Field(None, description=f"only {defaults!r}")]
+    # The spec says exactly this, so clients and fuzzers see the accepted values.
+    return Annotated[Any, AfterValidator(check), WithJsonSchema({"enum": list(defaults)}), Field(None)]
 
 
 Int = Annotated[int, BeforeValidator(_whole)]
