@@ -173,6 +173,7 @@ BAD = [
     ("v1/completions", {"prompt": "hi", "logprobs": 21}, "logprobs"),
     ("v1/completions", {"prompt": "hi", "logit_bias": {"100000": 1}}, "logit_bias"),
     ("v1/completions", {"prompt": "hi", "logit_bias": {"a": 1}}, "logit_bias"),
+    ("v1/completions", {"prompt": "hi", "logit_bias": {"\u00b2": 1}}, "logit_bias"),
     ("v1/completions", {"prompt": "hi", "logit_bias": {"5": 101}}, "logit_bias"),
     ("v1/completions", {"prompt": "hi", "frequency_penalty": 2.5}, "frequency_penalty"),
     ("v1/completions", {"prompt": ["a"] * 9, "n": 2}, "n"),

@@ -59,7 +59,7 @@ Penalty = Annotated[float, Field(ge=-2, le=2)]
 
 
 def _token_id_keys(bias: dict[str, float]) -> dict[str, float]:
-    if not all(key.isdigit() for key in bias):
+    if not all(key.isascii() and key.isdigit() for key in bias):  # "²".isdigit(), but int("²") fails
         raise ValueError("keys must be token ids (non-negative integers as strings)")
     return bias
 
