@@ -9,8 +9,8 @@ rounds repeat until two tokens are out. Their exact marginals are P[x0] and P[x0
 
 A deliberately wrong rule — on rejection, resample from p instead of norm(max(p - q, 0)) — must
 exceed 1.5x the bound (measured with 2000 samples: the correct rule gives TV <= 0.04 in all three
-settings, the wrong one 0.15 on token 2; the bound is 0.08, as it was end to end). One short end-to-end run checks that the decoding loop
-feeds the rule the right rows.
+settings, the wrong one 0.15 on token 2; the bound is 0.08, as it was end to end). One short
+end-to-end run checks that the decoding loop feeds the rule the right rows.
 """
 
 import pytest
