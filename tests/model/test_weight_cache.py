@@ -73,7 +73,7 @@ def test_gguf_cache_round_trip_and_corrupt_file(tiny_gguf, tmp_path, monkeypatch
     path, original = tiny_gguf
     monkeypatch.setattr(loading, "load_tokenizer", lambda p: None)  # the tiny GGUF has no tokenizer
     monkeypatch.setenv("LAYERSKIP_CACHE", str(tmp_path / "cache"))
-    assert weight_cache.open_cached(path) is None
+    assert weight_cache.cached(path) is None
     cold = load_model(str(path)).model
     assert weight_cache.cache_file(path).is_file()
     for name, ref in original.state_dict().items():  # Q8_0: within half a step of each block's scale
@@ -95,4 +95,4 @@ def test_gguf_cache_round_trip_and_corrupt_file(tiny_gguf, tmp_path, monkeypatch
 
     monkeypatch.setenv("LAYERSKIP_CACHE", str(tmp_path / "cache"))
     weight_cache.cache_file(path).write_bytes(b"not safetensors")
-    assert weight_cache.open_cached(path) is None
+    assert weight_cache.cached(path) is None

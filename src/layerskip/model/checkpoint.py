@@ -30,28 +30,32 @@ class TensorSource(Protocol):
 
 
 class SafetensorsSource:
-    """One or more safetensors files (shards), each a lazy `safe_open` handle."""
+    """One or more safetensors files (shards), opened with `safe_open` for each tensor read.
 
-    def __init__(self, handles: dict[Path, Any]):
-        self._handles = {name: (f, h) for f, h in handles.items() for name in h.keys()}
+    A handle kept open would keep every page read through its memory map resident: reading a
+    bfloat16 checkpoint into float32 would then peak at both. Reopening costs a header parse.
+    """
+
+    def __init__(self, files: dict[str, Path]):
+        self._files = files  # tensor name -> its shard
 
     @classmethod
     def open(cls, files: list[Path]) -> SafetensorsSource:
-        from safetensors import safe_open
-
-        return cls({f: _read_safetensors(f, lambda f=f: safe_open(f, framework="pt", device="cpu")) for f in files})
+        return cls({name: f for f in files for name in _read_safetensors(f, lambda h: list(h.keys()))})
 
     def names(self) -> set[str]:
-        return set(self._handles)
+        return set(self._files)
 
     def get(self, name: str) -> Tensor:
-        f, handle = self._handles[name]
-        return _read_safetensors(f, lambda: handle.get_tensor(name))
+        return _read_safetensors(self._files[name], lambda h: h.get_tensor(name))
 
 
-def _read_safetensors(f: Path, read: Callable[[], Any]) -> Any:
+def _read_safetensors(f: Path, read: Callable[[Any], Any]) -> Any:
+    from safetensors import safe_open
+
     try:
-        return read()
+        with safe_open(f, framework="pt", device="cpu") as handle:
+            return read(handle)
     except Exception as e:
         raise LayerSkipError(f"cannot read {f}: corrupt or truncated safetensors ({e})") from e
 
@@ -117,15 +121,15 @@ def open_hf(path: Path) -> TensorSource:
 def open_gguf(path: Path) -> TensorSource:
     """A GGUF file's float32 tensors: from the dequantisation cache, which a first load writes
     (one tensor at a time) and then reads back lazily like any safetensors file."""
-    cached = weight_cache.open_cached(path)
+    cached = weight_cache.cached(path)
     if cached is None:
         source = GGUFSource(path)
         if not weight_cache.save(path, source.shapes(), source.array):
             return source  # the cache cannot be written: dequantise as we load
-        cached = weight_cache.open_cached(path)
+        cached = weight_cache.cached(path)
         if cached is None:
             return source
-    return SafetensorsSource({weight_cache.cache_file(path): cached})
+    return SafetensorsSource.open([cached])
 
 
 def gguf_reader(path: Path) -> Any:

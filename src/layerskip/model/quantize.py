@@ -21,6 +21,11 @@ QUANT_MODES = ("int8", "int4")
 ACTIVATION_DTYPE = torch.bfloat16
 DEFAULT_GROUP_SIZE = 32  # int4: the block size of GGUF Q4_0/Q4_1, so Q4_1 weights survive exactly
 _INT4_ROW_BLOCK = 16  # the int4 CPU kernel packs rows in blocks of 16
+_CHUNK_ROWS = 2048  # rows quantised at once: float32 temporaries of a chunk, not of a whole LM head
+
+
+def _row_chunks(n: int) -> list[slice]:
+    return [slice(start, min(start + _CHUNK_ROWS, n)) for start in range(0, n, _CHUNK_ROWS)]
 
 
 class Int8Linear(nn.Module):
@@ -33,10 +38,13 @@ class Int8Linear(nn.Module):
 
     @classmethod
     def from_float(cls, weight: Tensor) -> Int8Linear:
-        w = weight.detach().float()
-        amax = w.abs().amax(1)
-        scales = torch.where(amax > 0, amax / 127, torch.ones_like(amax))
-        q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
+        q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+        scales = torch.empty(weight.shape[0], device=weight.device)
+        for rows in _row_chunks(weight.shape[0]):
+            w = weight[rows].detach().float()
+            amax = w.abs().amax(1)
+            scales[rows] = torch.where(amax > 0, amax / 127, torch.ones_like(amax))
+            q[rows] = torch.round(w / scales[rows, None]).clamp(-127, 127).to(torch.int8)
         return cls(q, scales.to(ACTIVATION_DTYPE))
 
     def rows(self, ids: Tensor) -> Int8Linear:
@@ -64,12 +72,14 @@ class Int4Linear(nn.Module):
         if inp % group_size:
             raise LayerSkipError(f"int4: input size {inp} is not a multiple of the group size {group_size}")
         out = -(-out_features // _INT4_ROW_BLOCK) * _INT4_ROW_BLOCK
-        w = torch.zeros(out, inp)
-        w[:out_features] = weight.detach().float()
-        w = w.view(out, inp // group_size, group_size)
-        lo, hi = w.amin(-1), w.amax(-1)
-        scale = torch.where(hi > lo, (hi - lo) / 15, torch.ones_like(hi))
-        q = torch.round((w - lo[..., None]) / scale[..., None]).clamp(0, 15).to(torch.int32).view(out, inp)
+        # Padding rows are zeros: code 0, scale 1, minimum 0.
+        q = torch.zeros(out, inp, dtype=torch.int32)
+        scale, lo = torch.ones(out, inp // group_size), torch.zeros(out, inp // group_size)
+        for rows in _row_chunks(out_features):
+            w = weight[rows].detach().float().view(-1, inp // group_size, group_size)
+            lo[rows], hi = w.amin(-1), w.amax(-1)
+            scale[rows] = torch.where(hi > lo[rows], (hi - lo[rows]) / 15, torch.ones_like(hi))
+            q[rows] = torch.round((w - lo[rows, :, None]) / scale[rows, :, None]).clamp(0, 15).view(-1, inp).int()
         # The kernel computes (q - 8) * scale + zero, so zero = min + 8 * scale.
         sz = torch.stack([scale, lo + 8 * scale], dim=-1).transpose(0, 1).contiguous()
         packed = torch._convert_weight_to_int4pack_for_cpu(q, 1)

@@ -12,7 +12,6 @@ import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -25,8 +24,8 @@ def cache_file(gguf: Path) -> Path:
     return cache_root() / "weights" / f"{file_key(gguf)}.safetensors"
 
 
-def open_cached(gguf: Path) -> Any | None:
-    """A lazy `safe_open` handle on this GGUF file's cached tensors, or None (missing or
+def cached(gguf: Path) -> Path | None:
+    """This GGUF file's cache file if it is a readable safetensors file, else None (missing or
     unreadable: dequantise again)."""
     from safetensors import safe_open
 
@@ -34,7 +33,8 @@ def open_cached(gguf: Path) -> Any | None:
     if not f.is_file():
         return None
     try:
-        return safe_open(f, framework="pt")
+        with safe_open(f, framework="pt"):
+            return f
     except Exception:  # a truncated or foreign file is just a cache miss
         return None
 
