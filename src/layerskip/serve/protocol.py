@@ -66,11 +66,7 @@ def usage(done: list[Completed]) -> Usage:
     """Prompt tokens once per prompt (not per choice), completion tokens and speculation summed."""
     prompts = {c.task.prompt_index: len(c.task.prompt_ids) for c in done}
     results = [c.result for c in done if c.result is not None]
-    total = SpeculationStats()
-    for r in results:
-        total.num_drafted += r.stats.num_drafted
-        total.num_accepted += r.stats.num_accepted
-        total.num_verifications += r.stats.num_verifications
+    total = sum((r.stats for r in results), SpeculationStats())
     first = results[0] if results else None
     prompt_tokens, completion_tokens = sum(prompts.values()), sum(r.num_new_tokens for r in results)
     return Usage(
