@@ -60,6 +60,17 @@ def test_default_valued_standard_fields_are_accepted(url):
     assert a.json()["choices"][0]["message"] == b.json()["choices"][0]["message"]
 
 
+def test_an_sdk_reply_sent_back_as_history_is_accepted(url):
+    c = client(url)
+    first = [{"role": "user", "content": "hi"}]
+    reply = c.chat.completions.create(model="tiny", messages=first, temperature=0, max_tokens=4).choices[0].message
+    history = [*first, reply.model_dump(), {"role": "user", "content": "and?"}]
+    assert set(history[1]) > {"role", "content"}  # refusal, tool_calls, audio, ... at their empty values
+    out = c.chat.completions.create(model="tiny", messages=history, temperature=0, max_tokens=4,
+                                    extra_body={"safety_identifier": "s", "prompt_cache_key": "k"})
+    assert out.usage.prompt_tokens > len(first[0]["content"])
+
+
 def test_three_prompts_give_the_three_single_answers(url):
     c = client(url)
     prompts = [PROMPT, "Hello", "abc def"]

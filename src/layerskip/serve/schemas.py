@@ -92,6 +92,8 @@ class GenerationRequest(_Strict):
     presence_penalty: Penalty | None = Field(None, description="minus this for a token already generated")
     logit_bias: LogitBias | None = Field(None, description="token id -> bias added to its logit")
     user: str | None = Field(None, description="accepted, not stored")
+    safety_identifier: str | None = Field(None, description="accepted, not stored")
+    prompt_cache_key: str | None = Field(None, description="accepted, ignored (no prompt cache across requests)")
     service_tier: _only_default("auto", "default")
     top_k: PositiveInt | None = None
     strategy: Literal[STRATEGIES] | None = None
@@ -167,9 +169,17 @@ class TextPart(_Strict):
 
 
 class ChatMessage(_Strict):
+    """A message; an assistant reply sent back as history (the SDK's `message.model_dump()`)
+    carries its empty tool and audio fields, accepted at those values."""
+
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
     name: str | None = None
+    refusal: _only_default(None)
+    tool_calls: _only_default(None, [])
+    function_call: _only_default(None)
+    audio: _only_default(None)
+    annotations: _only_default(None, [])
 
     def as_template_input(self) -> dict[str, str]:
         text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
