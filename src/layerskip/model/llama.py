@@ -1,4 +1,8 @@
-"""A lean Llama-family transformer that owns its layer loop and caches.
+"""A lean decoder-only transformer that owns its layer loop and caches.
+
+One block serves every family (model/families.py): Llama, Mistral, Qwen2/3 and Gemma 3 differ only
+in switches it reads from the config (q/k/v bias, q/k norms, norm offset, post norms, activation,
+embedding scale, per-layer sliding window and rope base, attention scale, logit softcapping).
 
 The forward pass is split so that a caller can run any layer range:
 `embed` -> `run_layers(h, input_pos, start, end)` -> `exit_logits`. Prefill, early exit, drafting
@@ -17,25 +21,34 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from layerskip.model.cache import ExitQueryCache, KVCache
-from layerskip.model.config import ModelConfig, RopeScaling
+from layerskip.model.config import SLIDING, ModelConfig, RopeScaling
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
+    """RMSNorm; `unit_offset` (Gemma) scales by 1 + weight, its weights stored around 0."""
+
+    def __init__(self, dim: int, eps: float, unit_offset: bool = False):
         super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps, self.unit_offset = eps, unit_offset
+        self.weight = nn.Parameter(torch.zeros(dim) if unit_offset else torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        # Normalise in float32 as the reference implementation does, then cast back.
-        return self.weight * F.rms_norm(x.float(), self.weight.shape, eps=self.eps).type_as(x)
+        # Normalise in float32 as the reference implementations do; Llama casts back before
+        # scaling, Gemma scales in float32 and casts after (they differ in bfloat16 rounding).
+        normed = F.rms_norm(x.float(), self.weight.shape, eps=self.eps)
+        if self.unit_offset:
+            return (normed * (1.0 + self.weight.float())).type_as(x)
+        return self.weight * normed.type_as(x)
 
 
 def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> Tensor:
-    """Inverse frequencies [head_dim/2], with Llama 3 scaling of the low frequencies."""
+    """Inverse frequencies [head_dim/2], with Llama 3 scaling of the low frequencies or linear
+    scaling of all of them."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
     if scaling is None:
         return inv_freq.float()
+    if scaling.rope_type == "linear":
+        return (inv_freq / scaling.factor).float()
     low_wavelen = scaling.original_max_position_embeddings / scaling.low_freq_factor
     high_wavelen = scaling.original_max_position_embeddings / scaling.high_freq_factor
     wavelen = 2 * math.pi / inv_freq
@@ -65,70 +78,119 @@ def positions(start: int, length: int, device: torch.device | str = "cpu", batch
     return torch.arange(start, start + length, device=device).expand(batch, length)
 
 
+def visible(keys: Tensor, input_pos: Tensor, window: int | None = None) -> Tensor:
+    """Which keys each query sees, [B, 1, T, S] bool: key positions `keys` ([S], or [B, S] per row)
+    at or before the query's position input_pos[b, t], and within `window` of it on a sliding layer
+    (the query's own key included, as in HF: position > query - window)."""
+    query = input_pos[..., None]  # [B, T, 1]
+    key = keys[..., None, :]  # [1, S] or [B, 1, S]
+    mask = key <= query
+    if window is not None:
+        mask = mask & (key > query - window)
+    return mask[:, None]
+
+
 @dataclass
 class AttentionContext:
-    """What every layer of one forward call shares: rotary tables, mask, cache positions."""
+    """What every layer of one forward call shares: rotary tables, mask, cache positions.
+
+    Sliding-window layers read `local`: their own mask (and rotary tables, where their rope base
+    differs), built once per forward like the global one.
+    """
 
     cos: Tensor  # [B or 1, T, 1, head_dim]
     sin: Tensor  # [B or 1, T, 1, head_dim]
-    mask: Tensor | None  # [B, 1, T, S] bool over the whole cache; None: causal over the T tokens
+    mask: Tensor | None  # [B, 1, T, S] bool over the whole cache or [B, 1, T, T]; None: causal over the T tokens
     input_pos: Tensor | None  # [B, T] cache slots written; None: no cache (training, scoring)
     rows: Tensor | None = None  # [B, 1] cache rows the B inputs are (None: all rows, in order)
+    over_cache: bool = False  # keys are the whole cache (else only the T new tokens')
+    local: AttentionContext | None = None  # the sliding-window layers' context (None: no such layers)
 
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        arch = cfg.arch
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.scale = cfg.attn_scale
         q_size, kv_size = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
         self.wqkv = nn.Linear(cfg.dim, q_size + 2 * kv_size, bias=False)
+        # Qwen2's q/k/v bias lives beside the Linear, so quantising or packing it needs no bias.
+        self.qkv_bias = nn.Parameter(torch.zeros(q_size + 2 * kv_size)) if arch.qkv_bias else None
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, arch.norm_unit_offset) if arch.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, arch.norm_unit_offset) if arch.qk_norm else None
         self.wo = nn.Linear(q_size, cfg.dim, bias=False)
         self.kv_cache: KVCache | None = None
 
     def forward(self, x: Tensor, ctx: AttentionContext) -> Tensor:
         b, t, _ = x.shape
-        qkv = self.wqkv(x).view(b, t, -1, self.head_dim)  # [B, T, H + 2 * KV, head_dim]
+        qkv = self.wqkv(x)
+        if self.qkv_bias is not None:
+            qkv = qkv + self.qkv_bias
+        qkv = qkv.view(b, t, -1, self.head_dim)  # [B, T, H + 2 * KV, head_dim]
         rotated = self.n_heads + self.n_kv_heads
         qk = qkv[:, :, :rotated]
+        if self.q_norm is not None:  # per-head norms of q and k, before rotary (Qwen3, Gemma 3)
+            q, k = qk.split([self.n_heads, self.n_kv_heads], dim=2)
+            qk = torch.cat((self.q_norm(q), self.k_norm(k)), dim=2)
         # One rotary pass over q and k together: half the element-wise calls per layer.
         qk = (qk * ctx.cos + rotate_half(qk) * ctx.sin).transpose(1, 2)
         q, k = qk.split([self.n_heads, self.n_kv_heads], dim=1)
         v = qkv[:, :, rotated:].transpose(1, 2)
         if ctx.input_pos is not None:
             cached_k, cached_v = self.kv_cache.update(ctx.input_pos, k, v, ctx.rows)
-            if ctx.mask is not None:  # else a prefill from position 0: its own keys are all there is
+            if ctx.over_cache:  # else a prefill from position 0: its own keys are all there is
                 k, v = cached_k, cached_v
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=ctx.mask, is_causal=ctx.mask is None, enable_gqa=self.n_heads != self.n_kv_heads
+            q, k, v, attn_mask=ctx.mask, is_causal=ctx.mask is None, scale=self.scale,
+            enable_gqa=self.n_heads != self.n_kv_heads,
         )
         return self.wo(y.transpose(1, 2).reshape(b, t, -1))
 
 
+def gelu_tanh(x: Tensor) -> Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
 class FeedForward(nn.Module):
-    """SwiGLU with the gate and up projections fused into one matrix."""
+    """A GLU (SwiGLU, or GeGLU with tanh-GELU for Gemma) with the gate and up projections fused
+    into one matrix."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.act = gelu_tanh if cfg.arch.activation == "gelu_tanh" else F.silu
         self.hidden = cfg.intermediate_size
         self.w13 = nn.Linear(cfg.dim, 2 * cfg.intermediate_size, bias=False)
         self.w2 = nn.Linear(cfg.intermediate_size, cfg.dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = self.w13(x).split(self.hidden, dim=-1)
-        return self.w2(F.silu(gate) * up)
+        return self.w2(self.act(gate) * up)
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    """Pre-norm attention and MLP; Gemma also norms each output before its residual add, and
+    its sliding-window layers attend through the local context."""
+
+    def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
-        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        arch = cfg.arch
+
+        def norm() -> RMSNorm:
+            return RMSNorm(cfg.dim, cfg.norm_eps, arch.norm_unit_offset)
+
+        self.sliding = cfg.window(layer) is not None
+        self.attention_norm = norm()
         self.attention = Attention(cfg)
-        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.post_attention_norm = norm() if arch.post_norms else nn.Identity()
+        self.ffn_norm = norm()
         self.feed_forward = FeedForward(cfg)
+        self.post_ffn_norm = norm() if arch.post_norms else nn.Identity()
 
     def forward(self, x: Tensor, ctx: AttentionContext) -> Tensor:
-        x = x + self.attention(self.attention_norm(x), ctx)
-        return x + self.feed_forward(self.ffn_norm(x))
+        ctx = ctx.local if self.sliding else ctx
+        x = x + self.post_attention_norm(self.attention(self.attention_norm(x), ctx))
+        return x + self.post_ffn_norm(self.feed_forward(self.ffn_norm(x)))
 
 
 class Transformer(nn.Module):
@@ -136,8 +198,8 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = cfg
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.layers = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps, cfg.arch.norm_unit_offset)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.output.weight = self.tok_embeddings.weight
@@ -145,6 +207,9 @@ class Transformer(nn.Module):
         # Rotary tables [S, head_dim] of every cached position, built with the caches.
         self.register_buffer("rope_cos", None, persistent=False)
         self.register_buffer("rope_sin", None, persistent=False)
+        # The sliding layers' own tables, where their rope base differs (Gemma 3); else None.
+        self.register_buffer("rope_local_cos", None, persistent=False)
+        self.register_buffer("rope_local_sin", None, persistent=False)
         self.register_buffer("cache_slots", None, persistent=False)  # [S]: 0..S-1, for masks
 
     @property
@@ -175,10 +240,17 @@ class Transformer(nn.Module):
         if self.rope_cos is None or self.rope_cos.shape[0] != slots or self.rope_cos.dtype != dtype:
             self.cache_slots = torch.arange(slots, device=device)
             self.rope_cos, self.rope_sin = rope_tables(self.inv_freq(device), self.cache_slots, dtype)
+            if self.config.rope_local_theta is not None:
+                self.rope_local_cos, self.rope_local_sin = rope_tables(
+                    self.inv_freq(device, local=True), self.cache_slots, dtype
+                )
 
-    def inv_freq(self, device: torch.device) -> Tensor:
-        """Rotary frequencies, always float32: a buffer would be rounded by `model.to(bfloat16)`."""
+    def inv_freq(self, device: torch.device, local: bool = False) -> Tensor:
+        """Rotary frequencies, always float32: a buffer would be rounded by `model.to(bfloat16)`.
+        `local`: the sliding layers', where they have their own base (and no scaling)."""
         cfg = self.config
+        if local and cfg.rope_local_theta is not None:
+            return rope_frequencies(cfg.head_dim, cfg.rope_local_theta, None).to(device)
         return rope_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling).to(device)
 
     def clear_caches(self) -> None:
@@ -187,6 +259,7 @@ class Transformer(nn.Module):
             layer.attention.kv_cache = None
         self.exit_query_cache = None
         self.rope_cos = self.rope_sin = self.cache_slots = None
+        self.rope_local_cos = self.rope_local_sin = None
 
     def attention_context(
         self,
@@ -203,15 +276,41 @@ class Transformer(nn.Module):
         not depend on the position; `from_start` says the rows hold nothing before these tokens
         (a prefill from 0), where causal attention over the new keys alone gives the same result.
         `rows` [B, 1]: the cache rows a prefill writes, when it fills only some rows of a batch.
+        Sliding-window layers get `local`: the same with the window in their mask.
         """
-        if input_pos is None:
-            cos, sin = rope_tables(self.inv_freq(device), torch.arange(length, device=device), self.dtype)
-            return AttentionContext(cos[:, None], sin[:, None], None, None)
-        cos, sin = self.rope_cos[input_pos][:, :, None], self.rope_sin[input_pos][:, :, None]
-        mask = None if from_start else (self.cache_slots <= input_pos[..., None])[:, None]
         if rows is not None and not from_start:
             raise ValueError("only a prefill (from_start) may write a subset of the cache rows")
-        return AttentionContext(cos, sin, mask, input_pos, rows)
+        ctx = self._context(input_pos, length, device, from_start, rows, None)
+        if SLIDING in self.config.layer_types:
+            ctx.local = self._context(input_pos, length, device, from_start, rows, self.config.sliding_window)
+        return ctx
+
+    def _context(
+        self,
+        input_pos: Tensor | None,
+        length: int,
+        device: torch.device,
+        from_start: bool,
+        rows: Tensor | None,
+        window: int | None,
+    ) -> AttentionContext:
+        """One attention context: global (window=None) or sliding-window layers'."""
+        local = window is not None
+        # A window that covers every new token needs no mask of its own over them.
+        banded = local and length > window
+        if input_pos is None:
+            new = torch.arange(length, device=device)
+            cos, sin = rope_tables(self.inv_freq(device, local), new, self.dtype)
+            mask = visible(new, new[None], window) if banded else None
+            return AttentionContext(cos[:, None], sin[:, None], mask, None)
+        own_tables = local and self.rope_local_cos is not None
+        cos, sin = (self.rope_local_cos, self.rope_local_sin) if own_tables else (self.rope_cos, self.rope_sin)
+        cos, sin = cos[input_pos][:, :, None], sin[input_pos][:, :, None]
+        if from_start:
+            mask = visible(input_pos, input_pos, window) if banded else None
+            return AttentionContext(cos, sin, mask, input_pos, rows)
+        mask = visible(self.cache_slots, input_pos, window)
+        return AttentionContext(cos, sin, mask, input_pos, rows, over_cache=True)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -219,7 +318,10 @@ class Transformer(nn.Module):
         return self.tok_embeddings.weight.dtype
 
     def embed(self, tokens: Tensor) -> Tensor:
-        return self.tok_embeddings(tokens)
+        h = self.tok_embeddings(tokens)
+        if self.config.arch.scale_embeddings:  # Gemma: by sqrt(dim), rounded to the dtype as in HF
+            h = h * torch.tensor(self.config.dim**0.5, dtype=h.dtype)
+        return h
 
     def run_layers(
         self,
@@ -239,8 +341,11 @@ class Transformer(nn.Module):
         return h
 
     def exit_logits(self, h: Tensor) -> Tensor:
-        """The early exit: final norm + shared LM head applied to any layer's output."""
-        return self.output(self.norm(h))
+        """The early exit: final norm + shared LM head applied to any layer's output (then the
+        family's logit softcapping, where its config sets one)."""
+        logits = self.output(self.norm(h))
+        cap = self.config.final_logit_softcap
+        return logits if cap is None else torch.tanh(logits / cap) * cap
 
     def forward(
         self,

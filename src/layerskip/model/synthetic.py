@@ -14,8 +14,8 @@ def random_model(cfg: ModelConfig, seed: int = 0, std: float = 0.02) -> Transfor
     torch.manual_seed(seed)
     model = Transformer(cfg)
     for name, p in model.named_parameters():
-        if name.endswith("norm.weight"):
-            torch.nn.init.ones_(p)
+        if name.endswith("norm.weight"):  # unit scale: weight 1, or 0 where the norm adds the 1
+            torch.nn.init.constant_(p, 0.0 if cfg.arch.norm_unit_offset else 1.0)
         else:
             torch.nn.init.normal_(p, std=std)
     return model.eval()
