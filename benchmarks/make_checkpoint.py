@@ -13,23 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from layerskip.model.config import ModelConfig, RopeScaling
+from layerskip.model.config import ModelConfig
 from layerskip.model.loading import default_model_path, load_tokenizer
+from layerskip.model.shapes import LAYERSKIP_CHECKPOINTS
 from layerskip.model.streaming import write_safetensors
 
-SHAPES = {
-    "llama2-7b": ModelConfig(vocab_size=32000, dim=4096, n_layers=32, n_heads=32, n_kv_heads=32,
-                             intermediate_size=11008, max_seq_len=4096, rope_theta=10000.0, norm_eps=1e-5),
-    "llama3.2-1b": ModelConfig(
-        vocab_size=128256, dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, intermediate_size=8192,
-        max_seq_len=131072, rope_theta=500000.0, norm_eps=1e-5, tie_word_embeddings=True,
-        rope_scaling=RopeScaling(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                                 original_max_position_embeddings=8192)),
-}
+SHAPES = {short: LAYERSKIP_CHECKPOINTS[f"facebook/layerskip-{name}"]
+          for short, name in [("llama2-7b", "llama2-7B"), ("llama3.2-1b", "llama3.2-1B")]}
 DTYPE = torch.bfloat16
 
 
@@ -88,7 +83,7 @@ def write_checkpoint(cfg: ModelConfig, out: Path, shard_bytes: int, seed: int = 
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     tok = load_tokenizer(default_model_path())
-    cfg.bos_token_id, cfg.eos_token_ids = tok.bos_token_id, [tok.eos_token_id]
+    cfg = replace(cfg, bos_token_id=tok.bos_token_id, eos_token_ids=[tok.eos_token_id])
     (out / "config.json").write_text(json.dumps(cfg.to_hf() | {"torch_dtype": "bfloat16"}, indent=2))
     tok.save_pretrained(out)
 
