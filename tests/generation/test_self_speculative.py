@@ -24,6 +24,17 @@ def test_tiny_greedy_equals_autoregressive(tiny, exit_layer, k):
         assert ss.stats.num_verifications > 0
 
 
+@pytest.mark.parametrize("exit_layer,k,extra", [(1, 8, {}), (3, 2, {}), (2, 6, {"adaptive_k": True}),
+                                                (2, 5, {"draft_confidence_threshold": 0.3})])
+def test_tiny_greedy_equals_autoregressive_at_length(tiny, exit_layer, k, extra):
+    """Far past the SmolLM2 tests' 48 tokens: 400 new tokens, near the tiny model's 512 context."""
+    prompt = list(range(5, 25))
+    ar = _greedy(tiny, prompt, max_new_tokens=400)
+    ss = _greedy(tiny, prompt, "self_speculative", exit_layer=exit_layer, num_speculations=k, max_new_tokens=400,
+                 **extra)
+    assert len(ar.token_ids) == 400 and ss.token_ids == ar.token_ids
+
+
 @pytest.mark.parametrize("adaptive", [{"adaptive_k": True}, {"draft_confidence_threshold": 0.3}])
 def test_tiny_adaptive_drafting_stays_lossless(tiny, adaptive):
     prompt = list(range(5, 15))
@@ -122,7 +133,7 @@ def test_smollm2_greedy_equals_autoregressive(smollm2, i):
     chat = i >= len(PLAIN)
     prompt = (CHAT if chat else PLAIN)[i % len(PLAIN)]
     exit_layer, k, extra = SETTINGS[i]
-    base = {"max_new_tokens": 128, "chat": chat}
+    base = {"max_new_tokens": 48, "chat": chat}  # longer outputs: the tiny test at 400 tokens
     ar = generate(smollm2, prompt, GenerationConfig(**base))
     ss = generate(smollm2, prompt, GenerationConfig(strategy="self_speculative", exit_layer=exit_layer,
                                                     num_speculations=k, **base, **extra))
