@@ -86,7 +86,7 @@ def merge_weight(adapter: Adapter, name: str, weight: Tensor, cfg: ModelConfig) 
         if prefix is None:
             continue
         a, b = adapter.tensors[f"{prefix}.lora_A.weight"], adapter.tensors[f"{prefix}.lora_B.weight"]
-        block += (adapter.scale * b.float() @ a.float()).to(block.dtype)
+        block += (adapter.scale * b.float() @ a.float()).to(block)  # block's dtype and device
         merged += 1
     return merged
 

@@ -1,7 +1,7 @@
 """Checkpoint files opened lazily: each tensor is read when the loader asks for it.
 
 A `TensorSource` maps checkpoint names to tensors without reading them all: safetensors through
-`safe_open` (memory-mapped), `pytorch_model.bin` through `torch.load(mmap=True, weights_only=True)`,
+`safe_open` (a memory map per read), `pytorch_model.bin` through `torch.load(mmap=True, weights_only=True)`,
 GGUF dequantised one tensor at a time (or read back from the dequantisation cache). Corrupt or
 truncated files are `LayerSkipError`s naming the file.
 """
