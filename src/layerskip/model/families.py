@@ -48,7 +48,7 @@ GGUF_FAMILIES = {f.gguf_arch: f for f in FAMILIES.values() if f.model_type != "m
 def family(model_type: str) -> Family:
     if model_type not in FAMILIES:
         raise LayerSkipError(
-            f"unsupported model_type {model_type!r}; layerskip supports {', '.join(FAMILIES)}"
+            f"unsupported architecture: model_type {model_type!r}; layerskip supports {', '.join(FAMILIES)}"
         )
     return FAMILIES[model_type]
 
