@@ -11,7 +11,7 @@ import torch
 
 from layerskip.cache_paths import cache_root, file_key
 from layerskip.errors import LayerSkipError
-from layerskip.model import checkpoint, weights
+from layerskip.model import checkpoint, packaged, weights
 from layerskip.model.adapters import read_adapter
 from layerskip.model.assemble import Target, assemble
 from layerskip.model.config import ModelConfig
@@ -49,6 +49,8 @@ def resolve(name: str | None) -> Path:
     """Turn a model argument into a local path (GGUF file or HF directory), downloading if allowed."""
     if name is None or name in _DEFAULT_ALIASES:
         return default_model_path()
+    if name in packaged.GEMMA3_270M_ALIASES:
+        return packaged.gemma3_270m_path()
     path = Path(name).expanduser()
     if path.exists():
         return path
