@@ -9,7 +9,7 @@ for Llama-family models.
 
 from layerskip.errors import LayerSkipError
 from layerskip.generation.config import GenerationConfig
-from layerskip.generation.generate import generate, generate_ids
+from layerskip.generation.generate import generate, generate_batch, generate_batch_ids, generate_ids
 from layerskip.generation.output import GenerationResult, SpeculationStats
 from layerskip.model.loaded import LoadedModel
 from layerskip.model.loading import load_model
@@ -21,6 +21,8 @@ __all__ = [
     "LoadedModel",
     "SpeculationStats",
     "generate",
+    "generate_batch",
+    "generate_batch_ids",
     "generate_ids",
     "load_model",
 ]

@@ -24,15 +24,19 @@ from layerskip.model.llama import Transformer
 from layerskip.model.packing import pack_for_decoding
 
 
-def prepare_for_decoding(model: Transformer, max_seq_len: int, exit_query_len: int = 0) -> None:
-    """Caches for `max_seq_len` positions, and the weights in their decoding layout (packing.py)."""
-    model.setup_caches(max_seq_len, exit_query_len)
+def prepare_for_decoding(model: Transformer, max_seq_len: int, exit_query_len: int = 0, batch: int = 1) -> None:
+    """Caches for `batch` rows of `max_seq_len` positions, and the weights in their decoding layout
+    (packing.py)."""
+    model.setup_caches(max_seq_len, exit_query_len, batch)
     pack_for_decoding(model, tied=model.tok_embeddings.weight)
 
 
-def prefill(model: Transformer, tokens: Tensor, input_pos: Tensor, end_layer: int | None = None) -> Tensor:
-    """Fill the cache with prompts [B, T] from position 0; logits of the last position [B, V]."""
-    return model(tokens, input_pos, end_layer, from_start=True)[:, -1]
+def prefill(
+    model: Transformer, tokens: Tensor, input_pos: Tensor, end_layer: int | None = None, rows: Tensor | None = None
+) -> Tensor:
+    """Fill cache rows `rows` [B, 1] (default: all) with prompts [B, T] from position 0; logits of
+    the last position [B, V]."""
+    return model(tokens, input_pos, end_layer, from_start=True, rows=rows)[:, -1]
 
 
 def decode_step(model: Transformer, tokens: Tensor, input_pos: Tensor, end_layer: int | None) -> Tensor:

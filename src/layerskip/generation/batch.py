@@ -1,0 +1,383 @@
+"""Batched generation: sequences with their own prompts, lengths and settings decode together.
+
+Each row of the batch is one sequence at its own position. The KV cache and the exit-query cache
+hold one row per sequence and attention masks read only a row's own valid slots, so rows of
+different lengths share one static-shape step without padding or copying the cache. A row joins
+by a prefill of its own cache row and leaves when its sink says stop; both happen between rounds,
+which is what a continuously batching server needs. A free row still runs through the step (its
+output is ignored), so the step's shape never changes.
+
+Self-speculation runs in lockstep: every row drafts through layers 0..E-1 at once, one batched
+verification runs layers E..L-1 over all rows' pending states, and acceptance is per row (greedy
+acceptance vectorised, one host sync per round). A row allowed fewer drafts (it is near its
+length limit, or its draft confidence fell) has the rest masked out rather than holding the
+others back.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from layerskip.errors import LayerSkipError
+from layerskip.generation import self_speculative
+from layerskip.generation.clock import PhaseClock
+from layerskip.generation.config import GenerationConfig
+from layerskip.generation.draft_vocab import DraftHead, configured_draft_head
+from layerskip.generation.output import ACCEPTED, TARGET, GenerationResult, SpeculationStats, TokenCallback, TokenSink
+from layerskip.generation.sampling import LogitAdjuster, make_generator, processed_probs, sample
+from layerskip.generation.self_speculative import Draft, next_k
+from layerskip.generation.steps import prefill, prepare_for_decoding, steps_for
+from layerskip.model.llama import positions
+from layerskip.model.loaded import LoadedModel
+
+
+@dataclass
+class Row:
+    """One sequence of the batch: its settings, where its tokens go, and its statistics."""
+
+    cfg: GenerationConfig
+    sink: TokenSink
+    adjust: LogitAdjuster
+    generator: torch.Generator | None
+    prompt_tokens: int
+    started: float
+    k: int  # drafts allowed next round (adaptive k changes it)
+    id: int  # the request's number in this decoder (slots are reused, ids are not)
+    pos: int  # the pending token's position (the device holds it too; this copy bounds drafts)
+    stats: SpeculationStats = field(default_factory=SpeculationStats)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """What every row of one batch shares: the strategy, its layers and draft length, the draft head."""
+
+    strategy: str
+    exit_layer: int | None  # None: all layers, autoregressive
+    num_speculations: int
+    draft_cfg: GenerationConfig  # the draft head's vocabulary settings
+
+    @classmethod
+    def of(cls, cfg: GenerationConfig, n_layers: int, recommended: int | None) -> BatchPlan:
+        return cls(cfg.strategy, cfg.resolve_exit_layer(n_layers, recommended), cfg.num_speculations, cfg)
+
+    def admits(self, cfg: GenerationConfig) -> str | None:
+        """Why a request cannot share this batch (None: it can)."""
+        if cfg.strategy != self.strategy:
+            return f"strategy {cfg.strategy!r} differs from the batch's {self.strategy!r}"
+        if self.strategy == "autoregressive":
+            return None
+        d = self.draft_cfg
+        if cfg.exit_layer not in (None, self.exit_layer):
+            return f"exit layer {cfg.exit_layer} differs from the batch's {self.exit_layer}"
+        if cfg.speculative and cfg.num_speculations > self.num_speculations:
+            return f"num_speculations {cfg.num_speculations} exceeds the batch's {self.num_speculations}"
+        if (cfg.draft_vocab_size, cfg.draft_vocab_file) != (d.draft_vocab_size, d.draft_vocab_file):
+            return "the draft vocabulary differs from the batch's"
+        return None
+
+
+def model_eos_ids(loaded: LoadedModel) -> set[int]:
+    ids = set(loaded.config.eos_token_ids)
+    if loaded.tokenizer.eos_token_id is not None:
+        ids.add(loaded.tokenizer.eos_token_id)
+    return ids
+
+
+class BatchDecoder:
+    """Up to `capacity` sequences decoding together; `join` between rounds, `step` runs one round."""
+
+    def __init__(self, loaded: LoadedModel, capacity: int, max_seq_len: int, plan: BatchPlan):
+        model, mcfg = loaded.model, loaded.config
+        if capacity < 1:
+            raise LayerSkipError(f"batch capacity must be >= 1, got {capacity}")
+        self.loaded, self.model, self.plan, self.capacity = loaded, model, plan, capacity
+        self.max_seq_len = min(max_seq_len, mcfg.max_seq_len)
+        self.device = model.tok_embeddings.weight.device
+        speculative = plan.strategy == "self_speculative"
+        prepare_for_decoding(model, self.max_seq_len, plan.num_speculations + 1 if speculative else 0, capacity)
+        self.steps = steps_for(model, loaded.compile)
+        self.head: DraftHead | None = configured_draft_head(model, plan.draft_cfg) if speculative else None
+        self.rows: list[Row | None] = [None] * capacity
+        self.tokens = torch.zeros(capacity, dtype=torch.long, device=self.device)  # each row's pending token
+        self.pos = torch.zeros(capacity, 1, dtype=torch.long, device=self.device)  # and its position
+        self.offsets = positions(0, plan.num_speculations + 1, self.device)
+        self.clock = PhaseClock(self.device)
+        self.finished: dict[int, GenerationResult] = {}  # by request id
+        self.joined = 0
+
+    @property
+    def active(self) -> list[int]:
+        return [slot for slot, row in enumerate(self.rows) if row is not None]
+
+    @property
+    def free(self) -> int:
+        return self.rows.count(None)
+
+    def room(self, prompt_tokens: int, cfg: GenerationConfig) -> str | None:
+        """Why a request does not fit this batch's cache or plan (None: it fits)."""
+        reason = self.plan.admits(cfg)
+        if reason is not None:
+            return reason
+        if prompt_tokens + cfg.max_new_tokens + 1 > self.max_seq_len:
+            return (f"prompt ({prompt_tokens} tokens) + max_new_tokens ({cfg.max_new_tokens}) exceeds the "
+                    f"batch's context of {self.max_seq_len} tokens")
+        return None
+
+    @torch.inference_mode()
+    def join(self, prompt_ids: list[int], cfg: GenerationConfig, on_tokens: TokenCallback | None = None) -> int:
+        """Prefill a free row with the prompt and commit its first token; return the request's id
+        (its result appears under that id in `take_finished`)."""
+        if not prompt_ids:
+            raise LayerSkipError("prompt is empty")
+        reason = self.room(len(prompt_ids), cfg)
+        if reason is not None:
+            raise LayerSkipError(reason)
+        if not self.free:
+            raise LayerSkipError("the batch is full")
+        slot = self.rows.index(None)
+        loaded, n = self.loaded, len(prompt_ids)
+        eos = set() if cfg.ignore_eos else model_eos_ids(loaded) | set(cfg.eos_token_ids)
+        adjust = LogitAdjuster(cfg, loaded.config.vocab_size, self.device)
+        sink = TokenSink(loaded.tokenizer, cfg.max_new_tokens, eos, cfg.stop_strings, _counting(adjust, on_tokens))
+        row = Row(cfg, sink, adjust, make_generator(cfg, self.device), n, time.perf_counter(), cfg.num_speculations,
+                  self.joined, n)
+        self.joined += 1
+        rows = torch.tensor([[slot]], device=self.device)
+        prompt = torch.tensor([prompt_ids], device=self.device)
+        logits = prefill(self.model, prompt, positions(0, n, self.device), self._end_layer, rows)[0]
+        token = self._choose(row, adjust(logits))
+        self.rows[slot] = row
+        self.tokens[slot] = token
+        self.pos[slot] = n
+        self._commit(slot, [int(token)])
+        return row.id
+
+    def _choose(self, row: Row, logits: Tensor) -> Tensor:
+        """The row's next token from its (adjusted) logits [V]."""
+        if row.cfg.greedy:
+            return logits.argmax(-1)
+        return sample(processed_probs(logits, row.cfg), row.generator)
+
+    def _commit(self, slot: int, ids: list[int], kind: str = TARGET) -> bool:
+        """Push tokens to a row's sink; a finished row leaves the batch. True once it has."""
+        row = self.rows[slot]
+        if row.sink.push(ids, kind):
+            self._finish(slot)
+            return True
+        return False
+
+    def _finish(self, slot: int) -> None:
+        row, end = self.rows[slot], time.perf_counter()
+        first = row.sink.first_token_time or end
+        plan = self.plan
+        self.finished[row.id] = GenerationResult(
+            text=row.sink.text(),
+            token_ids=row.sink.ids,
+            prompt_tokens=row.prompt_tokens,
+            finish_reason=row.sink.finish_reason or "length",
+            strategy=plan.strategy,
+            exit_layer=plan.exit_layer,
+            num_speculations=row.cfg.num_speculations if row.cfg.speculative else None,
+            time_to_first_token_s=first - row.started,
+            decode_time_s=end - first,
+            total_time_s=end - row.started,
+            stats=row.stats,
+        )
+        self._free(slot)
+
+    def _free(self, slot: int) -> None:
+        """A free row keeps running through the steps; from position 0 its writes stay in bounds."""
+        self.rows[slot] = None
+        self.pos[slot] = 0
+
+    @torch.inference_mode()
+    def cancel(self, request_id: int) -> None:
+        """Free a request's row now (its client went away); its result is dropped."""
+        for slot, row in enumerate(self.rows):
+            if row is not None and row.id == request_id:
+                self._free(slot)
+        self.finished.pop(request_id, None)
+
+    def take_finished(self) -> dict[int, GenerationResult]:
+        """Results of the requests that finished since the last call, by request id."""
+        done, self.finished = self.finished, {}
+        return done
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        """One round for every active row: one token each, or one draft/verify round each."""
+        if not self.active:
+            return
+        if self.plan.strategy == "self_speculative":
+            self._speculative_round()
+        else:
+            self._decode_round()
+
+    @property
+    def _end_layer(self) -> int | None:
+        """Where decoding and prefill stop: E for early exit, else the last layer (verification
+        takes self-speculation to the end)."""
+        return self.plan.exit_layer if self.plan.strategy == "early_exit" else None
+
+    def _decode_round(self) -> None:
+        logits = self.steps.decode(self.model, self.tokens[:, None], self.pos, self._end_layer)  # [C, V]
+        tokens = logits.argmax(-1)
+        for slot in self.active:
+            row = self.rows[slot]
+            if row.adjust.active or not row.cfg.greedy:
+                tokens[slot] = self._choose(row, row.adjust(logits[slot]))
+        ids = tokens.tolist()  # the round's one host sync
+        moving = self._moving()
+        for slot in self.active:
+            self.rows[slot].pos += 1
+            self._commit(slot, [ids[slot]])
+        self.tokens, self.pos = tokens, self.pos + moving
+
+    def _moving(self) -> Tensor:
+        """[C, 1] 1 for active rows, 0 for free ones: only active rows advance."""
+        mask = [[int(row is not None)] for row in self.rows]
+        return torch.tensor(mask, device=self.device)
+
+    def _speculative_round(self) -> None:
+        active, moving = self.active, self._moving()
+        limits = {slot: min(self.rows[slot].k, self.rows[slot].sink.remaining - 1) for slot in active}
+        # Every row drafts as far as the longest; none may write past the end of the cache.
+        m = min(max(limits.values()), self.max_seq_len - 1 - max(self.rows[s].pos for s in active))
+        t0 = self.clock.mark()
+        drafts, probs, limit = self._draft(m, limits)
+        t1 = self.clock.mark()
+        n = drafts.shape[1]
+        h = self.model.exit_query_cache.read(n + 1)
+        logits = self.steps.verify(self.model, h, self.pos + self.offsets[:, : n + 1], self.plan.exit_layer)
+        n_acc, new = self._accept(drafts, probs, limit, logits)
+        host = torch.cat([n_acc, new, drafts.flatten()]).tolist()  # the round's one host sync
+        seconds = (self.clock.seconds(t0, t1), self.clock.seconds(t1, self.clock.mark()))
+        c = self.capacity
+        accepted, chosen, drafted = host[:c], host[c : 2 * c], host[2 * c :]
+        for slot in active:
+            self._commit_round(slot, accepted[slot], chosen[slot], drafted[slot * n : slot * n + limits[slot]],
+                               seconds)
+        self.pos = self.pos + (n_acc[:, None] + 1) * moving
+        self.tokens = new
+
+    def _draft(self, m: int, limits: dict[int, int]) -> tuple[Tensor, dict[int, Tensor], Tensor]:
+        """Up to m drafts for every row: tokens [C, n], sampled rows' draft distributions, and each
+        row's number of usable drafts [C] (its limit, or fewer where its confidence fell)."""
+        model, steps, head, cache = self.model, self.steps, self.head, self.model.exit_query_cache
+        limit = torch.zeros(self.capacity, dtype=torch.long, device=self.device)
+        for slot, lim in limits.items():
+            limit[slot] = limits[slot] = min(lim, m)
+        thresholds = {s: self.rows[s].cfg.draft_confidence_threshold for s in limits}
+        confident = {s for s, t in thresholds.items() if t is not None}
+        token, tokens = self.tokens, []
+        probs: dict[int, list[Tensor]] = {s: [] for s in limits if not self.rows[s].cfg.greedy}
+        for i in range(m):
+            h, logits = steps.draft(model, head, token[:, None], self.pos + i, self.plan.exit_layer)
+            cache.write(i, h)
+            token = head.to_vocab(logits.argmax(-1))
+            for slot, lim in limits.items():
+                row = self.rows[slot]
+                if i >= lim or not (row.adjust.active or not row.cfg.greedy or slot in confident):
+                    continue  # past its limit a row's drafts are masked out: argmax will do
+                lg = row.adjust(logits[slot], [t[slot] for t in tokens], head.ids)
+                if row.cfg.greedy:
+                    token[slot] = head.to_vocab(lg.argmax(-1))
+                    top = lg.softmax(-1).max() if slot in confident else None
+                else:
+                    q = processed_probs(lg, row.cfg)
+                    token[slot] = head.to_vocab(sample(q, row.generator))
+                    probs[slot].append(head.full_probs(q, model.config.vocab_size))
+                    top = q.max() if slot in confident else None
+                if top is not None and float(top) < thresholds[slot]:
+                    limit[slot] = min(int(limit[slot]), i + 1)
+                    confident.discard(slot)  # its later drafts are masked out anyway
+            tokens.append(token)
+            if thresholds and all(t is not None for t in thresholds.values()) and not confident:
+                break  # every row's confidence fell: verify now
+        cache.write(len(tokens), steps.early(model, token[:, None], self.pos + len(tokens), self.plan.exit_layer))
+        drafts = torch.stack(tokens, 1) if tokens else self.tokens.new_empty(self.capacity, 0)
+        return drafts, {s: torch.stack(p) for s, p in probs.items() if p}, limit
+
+    def _accept(
+        self, drafts: Tensor, probs: dict[int, Tensor], limit: Tensor, logits: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Accepted drafts [C] and the full model's next token [C] of every row, on the device."""
+        n = drafts.shape[1]
+        target = logits.argmax(-1)  # [C, n + 1]
+        usable = torch.arange(n, device=self.device)[None] < limit[:, None]
+        n_acc = ((drafts == target[:, :-1]) & usable).int().cumprod(1).sum(1)
+        new = target.gather(1, n_acc[:, None].long())[:, 0]
+        for slot in self.active:
+            row = self.rows[slot]
+            if row.cfg.greedy and not row.adjust.active:
+                continue
+            lim = int(limit[slot])
+            row_logits = row.adjust.rows(logits[slot, : lim + 1], drafts[slot, :lim])
+            d = Draft(drafts[slot, :lim], probs.get(slot, torch.empty(0))[:lim] if not row.cfg.greedy else None)
+            if row.cfg.greedy:
+                t = row_logits.argmax(-1)
+                a = int((d.tokens == t[:-1]).int().cumprod(0).sum())
+                n_acc[slot], new[slot] = a, t[a]
+            else:
+                n_acc[slot], new[slot] = self_speculative.accept_sampled(d, row_logits, row.cfg, row.generator)
+        return n_acc, new
+
+    def _commit_round(self, slot: int, n_acc: int, new: int, drafted: list[int], seconds: tuple[float, float]) -> None:
+        row = self.rows[slot]
+        row.pos += n_acc + 1
+        s = row.stats
+        s.draft_time_s += seconds[0]
+        s.verify_time_s += seconds[1]
+        s.num_drafted += len(drafted)
+        s.num_accepted += n_acc
+        s.num_verifications += 1
+        if self._commit(slot, drafted[:n_acc], ACCEPTED):
+            return
+        row.sink.show_rejected(drafted[n_acc:])
+        if self._commit(slot, [new]):
+            return
+        if row.cfg.adaptive_k:
+            row.k = next_k(row.cfg.num_speculations, len(drafted), n_acc)
+
+
+def _counting(adjust: LogitAdjuster, on_tokens: TokenCallback | None) -> TokenCallback | None:
+    """`on_tokens` that also counts committed tokens for the penalties (when there are any)."""
+    if not adjust.active:
+        return on_tokens
+
+    def count_then_forward(ids: list[int], kind: str) -> None:
+        if kind != "rejected":
+            adjust.commit(ids)
+        if on_tokens is not None:
+            on_tokens(ids, kind)
+
+    return count_then_forward
+
+
+def generate_batch_ids(
+    loaded: LoadedModel, prompts: list[list[int]], cfgs: GenerationConfig | list[GenerationConfig]
+) -> list[GenerationResult]:
+    """Generate a continuation of every prompt (token ids) together; one result per prompt, in order.
+
+    `cfgs`: one config for all, or one per prompt (lengths, stop strings, EOS and sampling may
+    differ per row; the strategy, exit layer and draft head are the batch's).
+    """
+    if not prompts:
+        return []
+    cfgs = cfgs if isinstance(cfgs, list) else [cfgs] * len(prompts)
+    if len(cfgs) != len(prompts):
+        raise LayerSkipError(f"{len(prompts)} prompts but {len(cfgs)} generation configs")
+    mcfg = loaded.config
+    plan = BatchPlan.of(cfgs[0], mcfg.n_layers, mcfg.recommended_exit_layer)
+    longest = max(len(p) + c.max_new_tokens for p, c in zip(prompts, cfgs, strict=True))
+    decoder = BatchDecoder(loaded, len(prompts), longest + 1 + plan.num_speculations, plan)
+    ids = [decoder.join(p, c) for p, c in zip(prompts, cfgs, strict=True)]
+    results = decoder.take_finished()
+    while decoder.active:
+        decoder.step()
+        results |= decoder.take_finished()
+    return [results[i] for i in ids]
