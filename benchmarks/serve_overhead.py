@@ -18,8 +18,9 @@ import httpx
 from layerskip.generation.config import GenerationConfig
 from layerskip.generation.generate import generate
 from layerskip.model.loading import load_model
-from layerskip.serve import ServerConfig, create_app
+from layerskip.serve.app import create_app
 from layerskip.serve.background import serving
+from layerskip.serve.config import ServerConfig
 
 
 def stream_text(url: str, body: dict) -> str:
