@@ -29,12 +29,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--served-model-name", default=None, help="the model name clients send (default: --model)")
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     lim = p.add_argument_group("limits")
+    lim.add_argument("--max-batch-size", type=int, default=_DEFAULTS["max_batch_size"],
+                     help="requests decoded together (continuous batching)")
     lim.add_argument("--max-queue", type=int, default=_DEFAULTS["max_queue"],
-                     help="requests waiting behind the running one; more get 503 + Retry-After")
+                     help="requests waiting for a row of the batch; more get 503 + Retry-After")
     lim.add_argument("--timeout", type=float, default=_DEFAULTS["timeout_s"],
                      help="seconds per request, queueing included")
     lim.add_argument("--max-body-bytes", type=int, default=_DEFAULTS["max_body_bytes"])
-    lim.add_argument("--max-prompt-tokens", type=int, default=None, help="default: the model's context")
+    lim.add_argument("--max-prompt-tokens", type=int, default=None,
+                     help="default: the model's context (with --max-tokens-limit it sizes the batch's cache)")
     lim.add_argument("--max-tokens-limit", type=int, default=_DEFAULTS["max_tokens"],
                      help="the largest max_tokens a request may ask for")
     add_generation_arguments(p)  # defaults for what a request leaves out
@@ -47,6 +50,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         api_key=args.api_key or os.environ.get("LAYERSKIP_API_KEY"),
         served_model_name=args.served_model_name or args.model or DEFAULT_MODEL,
         generation=generation_config(args),
+        max_batch_size=args.max_batch_size,
         max_queue=args.max_queue,
         timeout_s=args.timeout,
         max_body_bytes=args.max_body_bytes,

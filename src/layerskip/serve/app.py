@@ -1,4 +1,5 @@
-"""The FastAPI app: OpenAI-compatible completions and chat over one model, behind a bounded queue.
+"""The FastAPI app: OpenAI-compatible completions and chat over one model, its requests decoded in
+one continuously batched loop behind a bounded queue.
 
     app = create_app(load_model(), ServerConfig(api_key="..."))   # or a loader: create_app(load_model)
 """
@@ -60,7 +61,7 @@ class Server:
     def __init__(self, cfg: ServerConfig):
         self.cfg = cfg
         self.worker = Worker(cfg.max_queue)
-        self.metrics = Metrics(lambda: self.worker.depth)
+        self.metrics = Metrics(lambda: self.worker.depth, lambda: self.engine.rows if self.engine else 0)
         self.engine: Engine | None = None
         self.load_error: str | None = None
         self.tokenizer: Any = None  # a copy for the event loop; the worker thread uses the model's own
@@ -70,7 +71,9 @@ class Server:
     def set_model(self, loaded: LoadedModel) -> None:
         self.tokenizer = copy.deepcopy(loaded.tokenizer)
         self.model_name = self.cfg.served_model_name or loaded.name
-        self.engine = Engine(loaded, self.worker, self.metrics)
+        self.engine = Engine(loaded, self.worker, self.metrics, self.cfg.max_batch_size,
+                             self.cfg.cache_length(loaded.config.max_seq_len))
+        self.worker.rounds = self.engine
 
     def reply(self, chat: bool) -> Reply:
         return Reply(self.model_name, chat, Logprobs(self.tokenizer))
@@ -92,7 +95,7 @@ class Server:
     def start(self, req: GenerationRequest, prompts: list[Prompt] | list[list[int]], chat: bool,
               echo: bool = False) -> Job:
         """Validate a request against the model and the limits, and queue its choices: n per
-        prompt, one after another."""
+        prompt, each a row of the batch."""
         engine = self.ready()
         self.check_model(req.model)
         param = "messages" if chat else "prompt"

@@ -16,7 +16,8 @@ class ServerConfig:
     served_model_name: str | None = None  # the `model` clients must send; None = the loaded model's name
     # Defaults for what a request leaves out (strategy, exit layer, k, max_tokens, sampling).
     generation: GenerationConfig = field(default_factory=GenerationConfig)
-    max_queue: int = 8  # requests waiting behind the one being generated; more are answered 503
+    max_batch_size: int = 8  # rows decoding together (continuous batching); docs/serving.md says why 8
+    max_queue: int = 8  # requests waiting for a row; more are answered 503
     timeout_s: float = 300.0  # per request, queueing included
     max_body_bytes: int = 1 << 20
     max_prompt_tokens: int | None = None  # None: the model's context
@@ -28,10 +29,15 @@ class ServerConfig:
             raise LayerSkipError("the API key is empty")
         if not 0 <= self.port <= 65535:
             raise LayerSkipError(f"port must be in 0..65535, got {self.port}")
-        for name in ("max_queue", "max_body_bytes", "max_tokens", "retry_after_s"):
+        for name in ("max_batch_size", "max_queue", "max_body_bytes", "max_tokens", "retry_after_s"):
             if getattr(self, name) < 1:
                 raise LayerSkipError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.timeout_s <= 0:
             raise LayerSkipError(f"timeout must be > 0 seconds, got {self.timeout_s}")
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
             raise LayerSkipError(f"max_prompt_tokens must be >= 1, got {self.max_prompt_tokens}")
+
+    def cache_length(self, context: int) -> int:
+        """Positions of the batch's cache: the longest prompt + max_tokens a request may have, so
+        every admitted request fits (attention reads the whole cache: smaller limits, faster steps)."""
+        return min(context, (self.max_prompt_tokens or context) + self.max_tokens + 1)

@@ -12,10 +12,11 @@ from layerskip.generation.output import GenerationResult
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _RATE_BUCKETS = tuple(i / 10 for i in range(1, 11))
+_TOKEN_RATE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
 
 class Metrics:
-    def __init__(self, queue_depth: Callable[[], int]):
+    def __init__(self, queue_depth: Callable[[], int], batch_rows: Callable[[], int] = lambda: 0):
         r = self.registry = CollectorRegistry()
         self.requests = Counter("layerskip_requests", "HTTP requests by endpoint and status", ["endpoint", "status"],
                                 registry=r)
@@ -33,9 +34,28 @@ class Metrics:
                                     buckets=_RATE_BUCKETS, registry=r)
         self.stopped = Counter("layerskip_stopped_generations", "Generations stopped early, by reason", ["reason"],
                                registry=r)
+        self.request_ttft = Histogram("layerskip_request_time_to_first_token_seconds",
+                                      "Arrival to the first new token, queueing included", buckets=_LATENCY_BUCKETS,
+                                      registry=r)
+        self.tokens_per_s = Histogram("layerskip_request_tokens_per_second",
+                                      "Per request: tokens after the first / seconds after the first",
+                                      buckets=_TOKEN_RATE_BUCKETS, registry=r)
         Gauge("layerskip_queue_depth", "Requests waiting for the model", registry=r).set_function(queue_depth)
+        Gauge("layerskip_batch_rows", "Rows of the batch in use now", registry=r).set_function(batch_rows)
+        self.batch_capacity = Gauge("layerskip_batch_capacity", "Rows of the batch (--max-batch-size)", registry=r)
+        self.rounds = Counter("layerskip_batch_rounds", "Decoding rounds of the batch", registry=r)
+        self.row_rounds = Counter("layerskip_batch_row_rounds",
+                                  "Rows in use summed over rounds (/ rounds = mean occupancy)", registry=r)
 
-    def record(self, result: GenerationResult) -> None:
+    def round(self, rows: int) -> None:
+        self.rounds.inc()
+        self.row_rounds.inc(rows)
+
+    def record(self, result: GenerationResult, ttft_s: float) -> None:
+        """A finished request; `ttft_s` from its arrival (the result's own TTFT starts at its prefill)."""
+        self.request_ttft.observe(ttft_s)
+        if result.num_new_tokens > 1 and result.decode_time_s > 0:
+            self.tokens_per_s.observe((result.num_new_tokens - 1) / result.decode_time_s)
         self.prompt_tokens.inc(result.prompt_tokens)
         self.generated_tokens.inc(result.num_new_tokens)
         self.ttft.observe(result.time_to_first_token_s)
