@@ -8,7 +8,7 @@ from layerskip.generation.generate import generate
 
 SUMMARY_KEYS = {"arm", "strategy", "exit_layer", "num_speculations", "num_generations", "new_tokens",
                 "decode_tokens_per_s", "ms_per_token", "total_tokens_per_s", "speedup", "acceptance_rate",
-                "mean_accepted_length"}
+                "mean_accepted_length", "aggregate_tokens_per_s"}
 
 
 def configs(**kw):
@@ -32,6 +32,16 @@ def test_run_benchmark_tiny(tiny):
     for row in d["summary"]:
         assert SUMMARY_KEYS | {"exact_match"} == set(row)
     assert {"arm", "example_id", "new_tokens", "decode_tokens_per_s", "prediction"} <= set(d["samples"][0])
+
+
+def test_batched_benchmark_gives_each_prompt_its_single_output(tiny):
+    """--batch-size: prompts run 3 at a time through generate_batch_ids, tokens unchanged."""
+    ds = load_dataset("qa", num_samples=5)
+    one = run_benchmark(tiny, ds, configs()[:2], warmup=0)
+    batched = run_benchmark(tiny, ds, configs()[:2], warmup=0, batch_size=3, check=True)
+    assert [s.result.token_ids for s in batched.samples] == [s.result.token_ids for s in one.samples]
+    assert [s.batch for s in batched.samples[:5]] == [0, 0, 0, 1, 1] and batched.mismatches == []
+    assert all(a.aggregate_tokens_per_s > 0 for a in batched.arms)
 
 
 def test_check_lists_differing_prompts(tiny):

@@ -1,6 +1,7 @@
 """The interleaved benchmark runner: several generation settings ("arms") on the same prompts in
 one process. Each prompt runs every arm back to back, in an order rotated per prompt, so that load
-from other processes and thermal drift hit all arms alike; a warm-up pass comes first."""
+from other processes and thermal drift hit all arms alike; a warm-up pass comes first. With a batch
+size N, prompts run N at a time (generate_batch_ids) and each arm also reports its aggregate tokens/s."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from typing import Any
 from layerskip.bench.data import Dataset
 from layerskip.bench.metrics import quality
 from layerskip.errors import LayerSkipError
+from layerskip.generation.batch import generate_batch_ids
 from layerskip.generation.config import GenerationConfig, is_speculative
-from layerskip.generation.generate import generate
+from layerskip.generation.generate import Prompt, encode_prompt, generate
 from layerskip.generation.output import GenerationResult, GenerationTotals, cut_at_stop_strings
 from layerskip.model.loaded import LoadedModel
 
@@ -39,6 +41,17 @@ class Sample:
     example_id: str
     result: GenerationResult
     prediction: str  # the answer cut at the dataset's stop strings, as scored
+    batch: int = 0  # the batch of prompts it ran in
+
+
+def aggregate_tokens_per_s(samples: list[Sample]) -> float:
+    """Generated tokens over the batches' wall time, prefills included: a batch lasts as long as its
+    first-joined row, whose clock starts before every prefill and stops with the batch's end."""
+    walls: dict[int, float] = {}
+    for s in samples:
+        walls[s.batch] = max(walls.get(s.batch, 0.0), s.result.total_time_s)
+    seconds = sum(walls.values())
+    return sum(s.result.num_new_tokens for s in samples) / seconds if seconds > 0 else 0.0
 
 
 @dataclass
@@ -50,6 +63,7 @@ class ArmSummary:
     speed: GenerationTotals
     quality: dict[str, float]
     speedup: float | None  # decode tokens/s over the autoregressive arm's
+    aggregate_tokens_per_s: float = 0.0  # all rows' tokens per second of wall time
 
     def row(self) -> dict[str, Any]:
         """One flat record for CSV and JSON."""
@@ -64,6 +78,7 @@ class ArmSummary:
             "decode_tokens_per_s": s.decode_tokens_per_s,
             "ms_per_token": s.ms_per_token,
             "total_tokens_per_s": s.total_tokens_per_s,
+            "aggregate_tokens_per_s": self.aggregate_tokens_per_s,
             "speedup": self.speedup,
             "acceptance_rate": s.stats.acceptance_rate if spec else None,
             "mean_accepted_length": s.stats.mean_accepted_length if spec else None,
@@ -140,24 +155,38 @@ def run_arms(
     arms: list[Arm],
     warmup: int = 1,
     on_progress: ProgressCallback | None = None,
+    batch_size: int = 1,
 ) -> dict[str, list[Sample]]:
-    """Generate every example with every arm, interleaved, after `warmup` unrecorded prompts."""
-    for example in dataset.examples[:warmup]:
+    """Generate every example with every arm, interleaved, `batch_size` prompts at a time, after
+    `warmup` unrecorded batches."""
+    if batch_size < 1:
+        raise LayerSkipError(f"batch size must be >= 1, got {batch_size}")
+    examples = dataset.examples
+    batches = [examples[i : i + batch_size] for i in range(0, len(examples), batch_size)]
+    for batch in batches[:warmup]:
         for arm in arms:
-            generate(loaded, example.prompt, replace(arm.config, max_new_tokens=min(8, arm.config.max_new_tokens)))
+            short = replace(arm.config, max_new_tokens=min(8, arm.config.max_new_tokens))
+            generate_all(loaded, [e.prompt for e in batch], short)
     samples: dict[str, list[Sample]] = {a.name: [] for a in arms}
-    total, done = len(dataset.examples) * len(arms), 0
-    for i, example in enumerate(dataset.examples):
-        shift = i % len(arms)
+    total, done = len(examples) * len(arms), 0
+    for b, batch in enumerate(batches):
+        shift = b % len(arms)
         for arm in arms[shift:] + arms[:shift]:
-            result = generate(loaded, example.prompt, arm.config)
-            # stops match from the second character on, so an answer that starts with one is not emptied
-            prediction = cut_at_stop_strings(result.text, dataset.stop_strings, start=1)
-            samples[arm.name].append(Sample(arm.name, example.id, result, prediction))
-            done += 1
+            for example, result in zip(batch, generate_all(loaded, [e.prompt for e in batch], arm.config), strict=True):
+                # stops match from the second character on, so an answer that starts with one is not emptied
+                prediction = cut_at_stop_strings(result.text, dataset.stop_strings, start=1)
+                samples[arm.name].append(Sample(arm.name, example.id, result, prediction, b))
+            done += len(batch)
             if on_progress is not None:
                 on_progress(done, total)
     return samples
+
+
+def generate_all(loaded: LoadedModel, prompts: list[Prompt], cfg: GenerationConfig) -> list[GenerationResult]:
+    """One prompt: generate(); several: one batch."""
+    if len(prompts) == 1:
+        return [generate(loaded, prompts[0], cfg)]
+    return generate_batch_ids(loaded, [encode_prompt(loaded.tokenizer, p, cfg.chat) for p in prompts], cfg)
 
 
 def summarize(dataset: Dataset, arms: list[Arm], samples: dict[str, list[Sample]]) -> list[ArmSummary]:
@@ -174,7 +203,8 @@ def summarize(dataset: Dataset, arms: list[Arm], samples: dict[str, list[Sample]
         cfg = arm.config
         k = cfg.num_speculations if cfg.speculative else None
         out.append(ArmSummary(arm.name, cfg.strategy, cfg.exit_layer, k, speed,
-                              quality(dataset.metric, preds, refs), speedup))
+                              quality(dataset.metric, preds, refs), speedup,
+                              aggregate_tokens_per_s(samples[arm.name])))
     return out
 
 
@@ -202,12 +232,14 @@ def run_benchmark(
     warmup: int = 1,
     check: bool = False,
     on_progress: ProgressCallback | None = None,
+    batch_size: int = 1,
 ) -> BenchReport:
-    """Run all configs interleaved on the dataset; summarise speed, acceptance and quality."""
+    """Run all configs interleaved on the dataset, `batch_size` prompts at a time; summarise speed,
+    acceptance and quality."""
     if check and any(not c.greedy for c in configs):
         raise LayerSkipError("the equality check needs greedy decoding (drop --sample)")
     arms = make_arms(loaded, configs)
-    samples = run_arms(loaded, dataset, arms, warmup, on_progress)
+    samples = run_arms(loaded, dataset, arms, warmup, on_progress, batch_size)
     mismatches = check_equal(arms, samples) if check else None
     flat = [s for ss in samples.values() for s in ss]
     return BenchReport(dataset.name, dataset.metric, summarize(dataset, arms, samples), flat, mismatches)

@@ -32,7 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_generation_arguments(p)
     p.add_argument("--strategies", default="autoregressive,self_speculative",
                    help=f"comma-separated, from {', '.join(STRATEGIES)} (replaces --strategy)")
-    p.add_argument("--warmup", type=int, default=1, help="prompts run unrecorded before measuring")
+    p.add_argument("--warmup", type=int, default=1, help="batches of prompts run unrecorded before measuring")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="prompts generated together (batched decoding); reports aggregate tokens/s")
     p.add_argument("--check", action="store_true",
                    help="also check that greedy self-speculative output equals autoregressive, prompt by prompt")
     p.add_argument("--output-dir", type=Path, required=True)
@@ -52,11 +54,12 @@ def run(args: argparse.Namespace) -> int:
     configs = [generation_config(args, strategy=s) for s in parse_strategies(args.strategies)]
     dataset = dataset_from_args(args)
     loaded = load_for_measurement(args)
-    report = run_benchmark(loaded, dataset, configs, args.warmup, args.check, progress_bar("bench"))
+    report = run_benchmark(loaded, dataset, configs, args.warmup, args.check, progress_bar("bench"), args.batch_size)
     report.extra = {"model": loaded.name, "perfect_draft_from": args.perfect_draft_from,
-                    "max_new_tokens": args.max_new_tokens, "greedy": configs[0].greedy}
+                    "max_new_tokens": args.max_new_tokens, "greedy": configs[0].greedy, "batch_size": args.batch_size}
     write_outputs(report, args.output_dir)
-    print(format_table([a.row() for a in report.arms], TABLE_COLUMNS + list(report.arms[0].quality)))
+    columns = TABLE_COLUMNS + (["aggregate_tokens_per_s"] if args.batch_size > 1 else [])
+    print(format_table([a.row() for a in report.arms], columns + list(report.arms[0].quality)))
     print(f"wrote {args.output_dir}/bench.json, bench_summary.csv, bench_samples.csv", file=sys.stderr)
     return print_check(report)
 

@@ -36,8 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     lim.add_argument("--timeout", type=float, default=_DEFAULTS["timeout_s"],
                      help="seconds per request, queueing included")
     lim.add_argument("--max-body-bytes", type=int, default=_DEFAULTS["max_body_bytes"])
-    lim.add_argument("--max-prompt-tokens", type=int, default=None,
-                     help="default: the model's context (with --max-tokens-limit it sizes the batch's cache)")
+    lim.add_argument("--max-prompt-tokens", type=int, default=_DEFAULTS["max_prompt_tokens"],
+                     help="with --max-tokens-limit it sizes the batch's cache (0: the model's context)")
     lim.add_argument("--max-tokens-limit", type=int, default=_DEFAULTS["max_tokens"],
                      help="the largest max_tokens a request may ask for")
     add_generation_arguments(p)  # defaults for what a request leaves out
@@ -54,7 +54,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         max_queue=args.max_queue,
         timeout_s=args.timeout,
         max_body_bytes=args.max_body_bytes,
-        max_prompt_tokens=args.max_prompt_tokens,
+        max_prompt_tokens=args.max_prompt_tokens or None,
         max_tokens=args.max_tokens_limit,
     )
 

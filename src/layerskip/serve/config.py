@@ -20,7 +20,9 @@ class ServerConfig:
     max_queue: int = 8  # requests waiting for a row; more are answered 503
     timeout_s: float = 300.0  # per request, queueing included
     max_body_bytes: int = 1 << 20
-    max_prompt_tokens: int | None = None  # None: the model's context
+    # With max_tokens it sizes every batch row's cache, which each step reads whole: a full 8K
+    # context per row would make SmolLM2's steps several times slower. None: the model's context.
+    max_prompt_tokens: int | None = 1024
     max_tokens: int = 1024  # the largest max_tokens a request may ask for
     retry_after_s: int = 1  # the Retry-After header of 503 answers
 
