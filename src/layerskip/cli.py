@@ -11,6 +11,7 @@ from layerskip.errors import LayerSkipError
 # name -> (module with add_arguments(parser) and run(args) -> int, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("layerskip.commands.generate", "generate text (autoregressive, early exit, self-speculative)"),
+    "chat": ("layerskip.commands.chat", "multi-turn chat in the terminal (streamed; /reset, /stats, /exit)"),
     "bench": ("layerskip.commands.bench", "benchmark strategies side by side on a dataset"),
     "sweep": ("layerskip.commands.sweep", "sweep exit layer x speculations: CSV and plots"),
     "analyze": ("layerskip.commands.analyze", "per-layer early-exit agreement, perplexity and speedup estimate"),
