@@ -6,9 +6,12 @@ loop; every answer must end with a finish reason, usage and [DONE], and its text
 non-streamed answer to the same prompt (so nothing was lost or cut). 503s (queue full) are
 counted and retried after Retry-After. Exit status 1 on any error or truncated answer.
 
+--max-batch-size takes a list: one server per value, one after another in the same run, each
+reported (with its mean batch occupancy) and their tokens/s compared with the first's.
+
     python benchmarks/load_test.py                       # tiny random model, 16 clients, 60 s
     python benchmarks/load_test.py --duration 10 --clients 4
-    python benchmarks/load_test.py --model smollm2 --max-tokens 16
+    python benchmarks/load_test.py --model smollm2 --max-tokens 16 --max-batch-size 8,1
 """
 
 from __future__ import annotations
@@ -64,10 +67,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str, port: int, extra: list[str]) -> subprocess.Popen:
+def start_server(model: str, port: int, extra: list[str], threads: int | None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "layerskip.cli", "serve", "--model", model, "--served-model-name", "load-test",
            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *extra]
-    return subprocess.Popen(cmd, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    env = os.environ | {"HF_HUB_OFFLINE": "1"} | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
+    return subprocess.Popen(cmd, env=env)
 
 
 def wait_ready(url: str, server: subprocess.Popen | None, timeout_s: float = 300) -> None:
@@ -171,16 +175,20 @@ def server_figures(metrics: str) -> dict[str, float]:
             values[name] = float(value)
     n = values.get("layerskip_generation_duration_seconds_count", 0)
     mean = values.get("layerskip_generation_duration_seconds_sum", 0) / n if n else 0.0
-    return {"server_generation_mean_s": round(mean, 3), "server_queue_depth_after": values["layerskip_queue_depth"]}
+    rounds = values.get("layerskip_batch_rounds_total", 0)
+    occupancy = values.get("layerskip_batch_row_rounds_total", 0) / rounds if rounds else 0.0
+    return {"server_generation_mean_s": round(mean, 3), "server_queue_depth_after": values["layerskip_queue_depth"],
+            "mean_batch_occupancy": round(occupancy, 2)}
 
 
 def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) >= 2 else (values[0] if values else 0.0)
 
 
-def report(t: Tally, args: argparse.Namespace, model: str, wall_s: float) -> dict:
+def report(t: Tally, args: argparse.Namespace, model: str, wall_s: float, batch: int | None) -> dict:
     return {
-        "model": model, "clients": args.clients, "duration_s": args.duration, "max_tokens": args.max_tokens,
+        "model": model, "max_batch_size": batch, "clients": args.clients, "duration_s": args.duration,
+        "max_tokens": args.max_tokens,
         "max_queue": args.max_queue, "completed": t.ok, "rejected_503": t.rejected_503,
         "truncated": t.truncated, "errors": len(t.errors), "generated_tokens": t.tokens,
         "tokens_per_s": round(t.tokens / wall_s, 1), "requests_per_s": round(t.ok / wall_s, 2),
@@ -197,7 +205,9 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=60.0, help="seconds; no request starts after it")
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--max-queue", type=int, default=8, help="the started server's queue (requests beyond get 503)")
+    p.add_argument("--max-batch-size", default="8", help="the started server's batch; a list (8,1): a server each")
     p.add_argument("--strategy", default="autoregressive")
+    p.add_argument("--threads", type=int, default=None, help="the started server's torch threads (OMP_NUM_THREADS)")
     p.add_argument("--api-key", default=None)
     p.add_argument("--timeout", type=float, default=300.0,
                    help="the started server's per-request timeout; clients wait 30 s longer, so a slow answer "
@@ -205,28 +215,40 @@ def main() -> int:
     args = p.parse_args()
     if args.url is not None and urlparse(args.url).hostname not in LOOPBACK:
         raise SystemExit("--url must be a loopback address")
+    if args.url is not None:
+        results = [load(args, args.url, None, None)]
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            model = str(tiny_model(Path(tmp))) if args.model == "tiny" else args.model
+            results = [serve_and_load(args, model, int(b)) for b in args.max_batch_size.split(",")]
+    first = results[0]["tokens_per_s"]
+    for r in results:
+        r["tokens_per_s_over_first"] = round(r["tokens_per_s"] / first, 2) if first else None
+        print(json.dumps(r))
+    return 1 if any(r["errors"] or r["truncated"] for r in results) else 0
 
-    server, url, tmp = None, args.url, tempfile.TemporaryDirectory()
-    if url is None:
-        model = str(tiny_model(Path(tmp.name))) if args.model == "tiny" else args.model
-        port = free_port()
-        extra = ["--max-queue", str(args.max_queue), "--strategy", args.strategy, "--timeout", str(args.timeout)]
-        extra += ["--api-key", args.api_key] if args.api_key else []
-        server, url = start_server(model, port, extra), f"http://127.0.0.1:{port}"
+
+def serve_and_load(args: argparse.Namespace, model: str, batch: int) -> dict:
+    """Start a server with this batch size (prompts and answers here are short: a small cache), load it, stop it."""
+    port = free_port()
+    extra = ["--max-queue", str(args.max_queue), "--strategy", args.strategy, "--timeout", str(args.timeout),
+             "--max-batch-size", str(batch), "--max-prompt-tokens", "64", "--max-tokens-limit", str(args.max_tokens)]
+    extra += ["--api-key", args.api_key] if args.api_key else []
+    server = start_server(model, port, extra, args.threads)
     try:
-        wait_ready(url, server)
-        start = time.perf_counter()
-        tally = asyncio.run(run(url, args))
-        result = report(tally, args, args.model, time.perf_counter() - start)
+        return load(args, f"http://127.0.0.1:{port}", server, batch)
     finally:
-        if server is not None:
-            server.terminate()
-            server.wait(30)
-        tmp.cleanup()
+        server.terminate()
+        server.wait(30)
+
+
+def load(args: argparse.Namespace, url: str, server: subprocess.Popen | None, batch: int | None) -> dict:
+    wait_ready(url, server)
+    start = time.perf_counter()
+    tally = asyncio.run(run(url, args))
     for e in tally.errors[:10]:
         print("error:", e, file=sys.stderr)
-    print(json.dumps(result))
-    return 1 if tally.errors or tally.truncated else 0
+    return report(tally, args, args.model, time.perf_counter() - start, batch)
 
 
 if __name__ == "__main__":
