@@ -7,9 +7,10 @@ rotating order: our autoregressive `generate_batch_ids`, our self-speculative de
 perfect-draft model (layers >= E silenced: every draft is accepted, so this bounds what a
 LayerSkip-trained model can gain), and HF `generate` on a left-padded batch. All are greedy, float32,
 the same GGUF (the embedded SmolLM2), and generate exactly --new-tokens per row (EOS ignored by
-ours, suppressed by HF's `min_new_tokens`). Aggregate tokens/s = B x new tokens / wall time of the
-batch, prefill included; the median of --repeats. Writes a table (stdout and JSON) and a PNG of
-the self-speculative gain over our autoregressive by batch size.
+ours, suppressed by HF's `min_new_tokens`, so rows are compared up to our first EOS). Aggregate
+tokens/s = B x new tokens / wall time of the batch, prefill included; the median of --repeats.
+Writes a table (stdout and JSON) and a PNG of the self-speculative gain over our autoregressive
+by batch size.
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ def hf(model, prompts: list[list[int]], new: int, pad: int) -> tuple[float, list
     return time.perf_counter() - t0, out[:, width:].tolist()
 
 
+def until_eos(ids: list[int], eos: set[int]) -> list[int]:
+    """The tokens before the first EOS: past it ours may pick EOS again where HF's min_new_tokens forbids it."""
+    return next((ids[:i] for i, t in enumerate(ids) if t in eos), ids)
+
+
 def measure(args: argparse.Namespace) -> list[dict]:
     torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()
@@ -87,7 +93,9 @@ def measure(args: argparse.Namespace) -> list[dict]:
             row[f"{name}_tokens_per_s"] = b * args.new_tokens / statistics.median(seconds[name])
         row["self_spec_over_ar"] = row["ours_self_spec_perfect_draft_tokens_per_s"] / row["ours_ar_tokens_per_s"]
         row["ours_ar_over_hf"] = row["ours_ar_tokens_per_s"] / row["hf_ar_tokens_per_s"]
-        row["ar_rows_equal_hf"] = sum(a == h for a, h in zip(tokens["ours_ar"], tokens["hf_ar"], strict=True))
+        eos = set(base.config.eos_token_ids)
+        row["ar_rows_equal_hf"] = sum(until_eos(a, eos) == h[: len(until_eos(a, eos))]
+                                      for a, h in zip(tokens["ours_ar"], tokens["hf_ar"], strict=True))
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
