@@ -12,9 +12,10 @@ from layerskip import GenerationConfig, LayerSkipError, generate_ids
 from layerskip.generation.sampling import LogitAdjuster, processed_probs
 from layerskip.model.loaded import LoadedModel
 from layerskip.model.loading import load_model
-from layerskip.model.synthetic import random_model, silence_layers
+from layerskip.model.synthetic import silence_layers
 
-from ..conftest import char_tokenizer, tiny_config
+from .test_sampling import PROMPT, VOCAB
+from .test_sampling import small_vocab as small_vocab  # noqa: F401  (the same fixture)
 
 PENALTIES = dict(frequency_penalty=0.7, presence_penalty=0.5, logit_bias={7: 1.5, 9: -3.0})
 
@@ -95,14 +96,7 @@ def test_a_large_negative_bias_removes_a_token(tiny):
         assert common not in biased
 
 
-VOCAB, PROMPT, SAMPLES, TV_BOUND, PRESENCE = 16, [3, 4, 5], 1000, 0.08, -2.0
-
-
-@pytest.fixture(scope="module")
-def small_vocab() -> LoadedModel:
-    model = random_model(tiny_config(vocab_size=VOCAB, n_layers=2, dim=32, n_heads=2, n_kv_heads=1,
-                                     intermediate_size=64), seed=3, std=0.5)
-    return LoadedModel(model.requires_grad_(False), char_tokenizer(), "small-vocab", None)
+SAMPLES, TV_BOUND, PRESENCE = 1000, 0.08, -2.0
 
 
 def exact_marginals(model, cfg: GenerationConfig) -> tuple[torch.Tensor, torch.Tensor]:
