@@ -1,6 +1,8 @@
 """The static-shape decode steps: compiled whole, they trace a small constant number of graphs
 over a long generation (not one per token), and give the eager tokens."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -21,10 +23,11 @@ def _graphs(loaded: LoadedModel, cfg: GenerationConfig, prompt: list[int]) -> tu
 @pytest.mark.parametrize(
     "cfg, most",
     [
-        (GenerationConfig(max_new_tokens=128, ignore_eos=True), 1),  # one decode step
+        # one decode step (+1 where dynamo specialises the first call's inputs)
+        (GenerationConfig(max_new_tokens=128, ignore_eos=True), 2),
         # draft + early + verify of k+1 rows, and k shorter verifications in the last rounds
         (GenerationConfig(strategy="self_speculative", exit_layer=2, num_speculations=3, max_new_tokens=128,
-                          ignore_eos=True), 3 + 3),
+                          ignore_eos=True), 3 + 3 + 1),
     ],
 )
 def test_a_long_generation_compiles_a_constant_number_of_graphs(tiny, cfg, most):
@@ -32,6 +35,8 @@ def test_a_long_generation_compiles_a_constant_number_of_graphs(tiny, cfg, most)
     prompt = tiny.tokenizer("def f(x):").input_ids
     graphs, tokens = _graphs(traced, cfg, prompt)
     assert 1 <= graphs <= most
+    short, _ = _graphs(traced, replace(cfg, max_new_tokens=16), prompt)
+    assert graphs == short, "graphs must not grow with the number of tokens"
     assert tokens == generate_ids(tiny, prompt, cfg).token_ids
     assert len(tokens) == 128
 

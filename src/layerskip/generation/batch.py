@@ -102,8 +102,9 @@ class BatchDecoder:
         self.steps = steps_for(model, loaded.compile)
         self.head: DraftHead | None = configured_draft_head(model, plan.draft_cfg) if speculative else None
         self.rows: list[Row | None] = [None] * capacity
-        self.tokens = torch.zeros(capacity, dtype=torch.long, device=self.device)  # each row's pending token
-        self.pos = torch.zeros(capacity, 1, dtype=torch.long, device=self.device)  # and its position
+        with torch.inference_mode():  # like every later value of them, so compiled steps see one kind
+            self.tokens = torch.zeros(capacity, dtype=torch.long, device=self.device)  # each row's pending token
+            self.pos = torch.zeros(capacity, 1, dtype=torch.long, device=self.device)  # and its position
         self.offsets = positions(0, plan.num_speculations + 1, self.device)
         self.clock = PhaseClock(self.device)
         self.finished: dict[int, GenerationResult] = {}  # by request id
