@@ -16,6 +16,9 @@ import httpx
 import openai
 import pytest
 
+from layerskip.cli import build_parser
+from layerskip.commands.serve import server_config
+from layerskip.errors import LayerSkipError
 from layerskip.generation.config import GenerationConfig
 from layerskip.generation.generate import generate, generate_ids
 from layerskip.model.loading import load_model
@@ -188,3 +191,11 @@ def test_rows_leave_on_disconnect_and_new_ones_join_mid_flight(own_tiny):
     assert "".join(e.text for e in events[0][:-1]) == done[0].result.text  # streamed as committed
     assert engine.metrics.stopped.labels("cancelled")._value.get() == 1
     loop.close()
+
+
+def test_batch_size_flag_and_cache_length():
+    cfg = server_config(build_parser("serve").parse_args(["serve", "--max-batch-size", "3", "--max-prompt-tokens",
+                                                         "100", "--max-tokens-limit", "50"]))
+    assert cfg.max_batch_size == 3 and cfg.cache_length(8192) == 151 and cfg.cache_length(120) == 120
+    with pytest.raises(LayerSkipError, match="max_batch_size"):
+        ServerConfig(max_batch_size=0)
