@@ -105,6 +105,7 @@ class BatchDecoder:
         with torch.inference_mode():  # like every later value of them, so compiled steps see one kind
             self.tokens = torch.zeros(capacity, dtype=torch.long, device=self.device)  # each row's pending token
             self.pos = torch.zeros(capacity, 1, dtype=torch.long, device=self.device)  # and its position
+            self.live = torch.zeros(capacity, 1, dtype=torch.long, device=self.device)  # 1: a row is in use
         self.offsets = positions(0, plan.num_speculations + 1, self.device)
         self.clock = PhaseClock(self.device)
         self.finished: dict[int, GenerationResult] = {}  # by request id
@@ -154,6 +155,7 @@ class BatchDecoder:
         self.rows[slot] = row
         self.tokens[slot] = token
         self.pos[slot] = n
+        self.live[slot] = 1
         self._commit(slot, [int(token)])
         return row.id
 
@@ -194,6 +196,7 @@ class BatchDecoder:
         """A free row keeps running through the steps; from position 0 its writes stay in bounds."""
         self.rows[slot] = None
         self.pos[slot] = 0
+        self.live[slot] = 0
 
     @torch.inference_mode()
     def cancel(self, request_id: int) -> None:
@@ -239,9 +242,9 @@ class BatchDecoder:
         self.tokens, self.pos = tokens, self.pos + moving
 
     def _moving(self) -> Tensor:
-        """[C, 1] 1 for active rows, 0 for free ones: only active rows advance."""
-        mask = [[int(row is not None)] for row in self.rows]
-        return torch.tensor(mask, device=self.device)
+        """[C, 1] 1 for the rows active as the round starts, 0 for free ones: only those advance
+        (a copy of the device mask, no host-to-device transfer)."""
+        return self.live.clone()
 
     def _speculative_round(self) -> None:
         active, moving = self.active, self._moving()
