@@ -4,6 +4,7 @@ decode: tokens [B, 1] through layers 0..end-1 and the head             -> logits
 draft:  tokens [B, 1] through layers 0..E-1, then the draft head       -> (states [B, 1, D], logits [B, N])
 early:  tokens [B, 1] through layers 0..E-1 (the last draft: no head)  -> states [B, 1, D]
 verify: pending layer-E states [B, n, D] through layers E..L-1 + head  -> logits [B, n, V]
+layers: states [B, n, D] through layers a..b-1 (the exit-layer controller's shadow exits) -> states
 
 Positions are tensors [B, T] and attention reads the whole cache through a mask, so nothing in a
 step depends on a Python number that changes per token: compiled (model/compiled.py), each traces
@@ -58,15 +59,20 @@ def verify_step(model: Transformer, h: Tensor, input_pos: Tensor, exit_layer: in
     return model.exit_logits(model.run_layers(h, input_pos, exit_layer, None))
 
 
+def layers_step(model: Transformer, h: Tensor, input_pos: Tensor, start: int, end: int) -> Tensor:
+    return model.run_layers(h, input_pos, start, end)
+
+
 @dataclass(frozen=True)
 class Steps:
     decode: Callable[[Transformer, Tensor, Tensor, int | None], Tensor]
     draft: Callable[[Transformer, DraftHead, Tensor, Tensor, int], tuple[Tensor, Tensor]]
     early: Callable[[Transformer, Tensor, Tensor, int], Tensor]
     verify: Callable[[Transformer, Tensor, Tensor, int], Tensor]
+    layers: Callable[[Transformer, Tensor, Tensor, int, int], Tensor]
 
 
-_STEP_FUNCTIONS = (decode_step, draft_step, early_step, verify_step)
+_STEP_FUNCTIONS = (decode_step, draft_step, early_step, verify_step, layers_step)
 EAGER = Steps(*_STEP_FUNCTIONS)
 
 # Compiled steps per model and backend: compiling is the expensive part, done on first use.

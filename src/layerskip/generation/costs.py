@@ -1,0 +1,292 @@
+"""A cost model of decoding: what one decoder layer and the LM head (full, and the reduced draft
+head) cost for 1..n tokens, what memory bandwidth the machine has, and what that predicts for
+autoregressive and self-speculative decoding. The exit-layer controller (controller.py) ranks
+(E, k, draft head) with it while decoding; `analyze` and `tune` (bench/) rank offline with it.
+
+A self-speculative round with exit layer E, k drafts and per-draft acceptance rate alpha:
+  draft:  k+1 single-token passes through layers 0..E-1 (the pending token and k drafts),
+          k draft heads (full or reduced vocabulary);
+  verify: layers E..L-1 and the full head once over k+1 tokens;
+  yield:  (1 - alpha^(k+1)) / (1 - alpha) tokens on average (accepted prefix plus one).
+The speedup is tokens per round times the autoregressive time per token, over the round time.
+
+    costs = measure_costs(model, max_tokens=k + 1)
+    costs.speedup(exit_layer=8, k=4, alpha=0.6)
+
+`model_costs` measures once per model shape, dtype, weight kind, device and thread count and keeps
+the result under $LAYERSKIP_CACHE/costs/, so a decoder pays for the measurement once per machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from layerskip.cache_paths import cache_root
+from layerskip.errors import LayerSkipError
+from layerskip.generation.draft_vocab import DraftHead
+from layerskip.generation.steps import prepare_for_decoding
+from layerskip.model.config import ModelConfig
+from layerskip.model.llama import Transformer, positions
+
+
+def expected_tokens_per_round(alpha: float, k: int) -> float:
+    """Mean tokens committed by one verification: sum_{i=0..k} alpha^i (i.i.d. acceptance)."""
+    if not 0 <= alpha <= 1:
+        raise LayerSkipError(f"acceptance rate must be in [0, 1], got {alpha}")
+    if alpha == 1:
+        return float(k + 1)
+    return (1 - alpha ** (k + 1)) / (1 - alpha)
+
+
+def acceptance_from_mean_length(mean_accepted_length: float, k: int) -> float:
+    """Invert expected_tokens_per_round by bisection: the alpha that yields this mean length."""
+    target = min(max(mean_accepted_length, 1.0), k + 1.0)
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if expected_tokens_per_round(mid, k) < target else (lo, mid)
+    return (lo + hi) / 2
+
+
+@dataclass
+class LayerCosts:
+    """Measured seconds; index t-1 of a list holds the cost for t tokens."""
+
+    n_layers: int
+    layer_s: list[float]  # one decoder layer over t new tokens, KV cache at `context` positions
+    head_s: list[float]  # final norm + LM head over t tokens
+    call_s: float  # fixed cost of one forward call (embedding, rotary tables, mask)
+    context: int
+    weight_bytes: int  # bytes read per autoregressive token: all layers + the LM head
+    read_bandwidth_bytes_per_s: float | None = None
+    draft_head_s: list[float] | None = None  # the reduced draft head over t tokens (None: not measured)
+
+    @property
+    def max_tokens(self) -> int:
+        return len(self.layer_s)
+
+    def _check(self, t: int) -> None:
+        if not 1 <= t <= self.max_tokens:
+            raise LayerSkipError(f"costs measured for 1..{self.max_tokens} tokens, asked for {t}")
+
+    def forward_s(self, n_layers: int, tokens: int, with_head: bool = True, batch: int = 1) -> float:
+        """One forward call through n_layers layers over `tokens` tokens of each of `batch` rows
+        (beyond the measured token counts, cost grows in proportion)."""
+        self._check(tokens)
+        head = _scaled(self.head_s, tokens * batch) if with_head else 0.0
+        return self.call_s + n_layers * _scaled(self.layer_s, tokens * batch) + head
+
+    def draft_head_token_s(self, reduced: bool, batch: int = 1) -> float:
+        """One draft head call over one token per row: the reduced head's where asked and measured."""
+        heads = self.draft_head_s if reduced and self.draft_head_s else self.head_s
+        return _scaled(heads, batch)
+
+    def autoregressive_token_s(self) -> float:
+        return self.forward_s(self.n_layers, 1)
+
+    def early_exit_token_s(self, exit_layer: int) -> float:
+        return self.forward_s(exit_layer, 1)
+
+    def round_s(self, exit_layer: int, k: int, reduced: bool = False, batch: int = 1) -> float:
+        """Time of one self-speculative round: k+1 draft passes, k draft heads (the reduced one
+        where asked), one verification."""
+        self._check_exit(exit_layer)
+        draft = (k + 1) * self.forward_s(exit_layer, 1, False, batch) + k * self.draft_head_token_s(reduced, batch)
+        verify = self.forward_s(self.n_layers - exit_layer, k + 1, batch=batch)
+        return draft + verify
+
+    def speedup(self, exit_layer: int, k: int, alpha: float) -> float:
+        """Predicted self-speculative tokens/s over autoregressive tokens/s."""
+        tokens = expected_tokens_per_round(alpha, k)
+        return tokens * self.autoregressive_token_s() / self.round_s(exit_layer, k)
+
+    def break_even_alpha(self, exit_layer: int, k: int) -> float | None:
+        """The acceptance rate at which self-speculation starts to pay; None if it never does."""
+        if self.speedup(exit_layer, k, 1.0) <= 1.0:
+            return None
+        lo, hi = 0.0, 1.0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if self.speedup(exit_layer, k, mid) < 1.0 else (lo, mid)
+        return hi
+
+    def autoregressive_bound_tokens_per_s(self) -> float | None:
+        """Memory-bound ceiling: every weight is read once per token at the measured bandwidth."""
+        if not self.read_bandwidth_bytes_per_s:
+            return None
+        return self.read_bandwidth_bytes_per_s / self.weight_bytes
+
+    def _check_exit(self, exit_layer: int) -> None:
+        if not 1 <= exit_layer < self.n_layers:
+            raise LayerSkipError(f"exit layer must be in 1..{self.n_layers - 1}, got {exit_layer}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["autoregressive_token_s"] = self.autoregressive_token_s()
+        d["autoregressive_bound_tokens_per_s"] = self.autoregressive_bound_tokens_per_s()
+        return d
+
+
+def _scaled(values: list[float], t: int) -> float:
+    """values[t-1]; past the last measured count, the last value in proportion to t."""
+    n = len(values)
+    return values[t - 1] if t <= n else values[-1] * t / n
+
+
+def memory_bound_costs(cfg: ModelConfig, max_tokens: int, draft_vocab_size: int | None = None) -> LayerCosts:
+    """Costs in weight units, for when nothing has been measured: decoding taken as memory-bound,
+    so a pass costs the parameters it reads whatever its token count. A small model's LM head
+    weighs as much as many layers, which makes every draft token expensive."""
+    q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    layer = cfg.dim * (q + 2 * kv) + q * cfg.dim + 3 * cfg.dim * cfg.intermediate_size
+    head = cfg.vocab_size * cfg.dim
+    return LayerCosts(
+        n_layers=cfg.n_layers,
+        layer_s=[float(layer)] * max_tokens,
+        head_s=[float(head)] * max_tokens,
+        call_s=0.0,
+        context=0,
+        weight_bytes=cfg.n_layers * layer + head,  # parameters, the unit of this model
+        draft_head_s=None if draft_vocab_size is None else [float(draft_vocab_size * cfg.dim)] * max_tokens,
+    )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(fns: list[Callable[[], Any]], device: torch.device, repeats: int, inner: int = 1) -> list[float]:
+    """Seconds per call of each fn, interleaved round-robin so that load from other processes
+    hits all of them alike; the minimum over repeats, since contention only ever adds time."""
+    for fn in fns:
+        fn()
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            _sync(device)
+            best[i] = min(best[i], (time.perf_counter() - t0) / inner)
+    return best
+
+
+def weight_bytes(model: Transformer) -> int:
+    """Bytes of the weights one autoregressive token reads: every layer and the head, quantised
+    ones included (their weights are buffers); the embedding is a row lookup, caches are not weights."""
+
+    def nbytes(module: torch.nn.Module) -> int:
+        tensors = [p for _, p in module.named_parameters()]
+        tensors += [b for name, b in module.named_buffers() if "cache" not in name]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    return nbytes(model.layers) + nbytes(model.output) + nbytes(model.norm)
+
+
+@torch.inference_mode()
+def measure_read_bandwidth(device: torch.device | str = "cpu", nbytes: int = 256 << 20, repeats: int = 5) -> float:
+    """Bytes per second the device reads when summing a buffer larger than its caches."""
+    device = torch.device(device)
+    buf = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    (seconds,) = time_calls([buf.sum], device, repeats)
+    return nbytes / seconds
+
+
+@torch.inference_mode()
+def measure_costs(
+    model: Transformer,
+    max_tokens: int,
+    context: int = 128,
+    repeats: int = 7,
+    bandwidth: bool = True,
+    draft_head: nn.Module | None = None,
+) -> LayerCosts:
+    """Time layer 0 and the head (and `draft_head`, a reduced one, where given) for 1..max_tokens
+    new tokens after `context` cached positions.
+
+    Layers of a Llama model are identical in shape, so one layer's cost stands for all. The KV
+    cache is (re)allocated as large as needed and left in place; its content is scratch.
+    """
+    if max_tokens < 1:
+        raise LayerSkipError(f"max_tokens must be >= 1, got {max_tokens}")
+    emb = model.tok_embeddings.weight  # never quantised: its dtype is the activations'
+    device, dtype = emb.device, emb.dtype
+    context = min(context, model.config.max_seq_len - max_tokens)
+    prepare_for_decoding(model, context + max_tokens)  # the layout generation decodes with
+    layer, dim = model.layers[0], model.config.dim
+    per_t: list[Callable[[], Any]] = []
+    for t in range(1, max_tokens + 1):
+        h = torch.randn(1, t, dim, device=device, dtype=dtype) * 0.1
+        ctx = model.attention_context(positions(context, t, device), t, device)
+        per_t += [lambda h=h, ctx=ctx: layer(h, ctx), lambda h=h: model.exit_logits(h)]
+        if draft_head is not None:
+            per_t.append(lambda h=h: draft_head(model.norm(h)))
+    token = torch.zeros(1, 1, dtype=torch.long, device=device)
+    pos = positions(context, 1, device)
+    seconds = time_calls([*per_t, lambda: model.run_layers(model.embed(token), pos, 0, 0)], device, repeats, inner=3)
+    stride = 2 if draft_head is None else 3
+    layer_s, head_s, call_s = seconds[0:-1:stride], seconds[1:-1:stride], seconds[-1]
+    return LayerCosts(
+        n_layers=model.n_layers,
+        layer_s=layer_s,
+        head_s=head_s,
+        call_s=call_s,
+        context=context,
+        weight_bytes=weight_bytes(model),
+        read_bandwidth_bytes_per_s=measure_read_bandwidth(device) if bandwidth else None,
+        draft_head_s=None if draft_head is None else seconds[2:-1:3],
+    )
+
+
+# Costs per model, measured on first use (a model's shape, dtype and weight kind do not change).
+_MEASURED: weakref.WeakKeyDictionary[Transformer, dict[str, LayerCosts]] = weakref.WeakKeyDictionary()
+
+
+def costs_key(model: Transformer, max_tokens: int, draft_head: DraftHead | None) -> str:
+    """What the costs depend on: the shapes, the activations' dtype and the kind of the layers'
+    weights (float or quantised), the reduced draft head's size, the device, the CPU threads."""
+    c = model.config
+    weights = type(model.layers[0].attention.wqkv).__name__
+    head = None if draft_head is None or draft_head.ids is None else len(draft_head.ids)
+    device = model.tok_embeddings.weight.device.type
+    return (f"{c.n_layers}x{c.dim}/{c.n_heads}/{c.n_kv_heads}/{c.head_dim}/{c.intermediate_size}/{c.vocab_size}"
+            f"#{model.dtype}#{weights}#head={head}#t={max_tokens}#{device}#threads={torch.get_num_threads()}")
+
+
+def model_costs(model: Transformer, max_tokens: int, draft_head: DraftHead | None = None) -> LayerCosts:
+    """The model's costs for 1..max_tokens tokens (and the reduced `draft_head`'s): from memory,
+    else from $LAYERSKIP_CACHE/costs/, else measured briefly (about a second for a 135M model on
+    one CPU thread) and saved. Measuring reallocates the KV cache: call it before preparing one."""
+    key = costs_key(model, max_tokens, draft_head)
+    per_model = _MEASURED.setdefault(model, {})
+    if key not in per_model:
+        path = cache_root() / "costs" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+        costs = _read_costs(path)
+        if costs is None:
+            reduced = None if draft_head is None or draft_head.ids is None else draft_head.head
+            costs = measure_costs(model, max_tokens, context=64, repeats=3, bandwidth=False, draft_head=reduced)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(asdict(costs)))
+        per_model[key] = costs
+    return per_model[key]
+
+
+def _read_costs(path: Path) -> LayerCosts | None:
+    """Saved costs, or None where missing or unreadable (then they are measured again)."""
+    try:
+        data = json.loads(path.read_text())
+        return LayerCosts(**{f.name: data[f.name] for f in fields(LayerCosts)})
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
