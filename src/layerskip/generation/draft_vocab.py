@@ -8,12 +8,14 @@ outside the subset, which speculative sampling allows. What can drop is acceptan
 model wants a token outside the subset.
 
 The ranking comes from a file of token ids (most frequent first, see `rank_tokens` and
-`write_ranking`), or by default from the tokenizer's id order: BPE vocabularies number their
-merges in the order they were learnt, most frequent pairs first.
+`write_ranking`), else from the model's packaged ranking (Gemma 3 270M ships one built from a
+local corpus: its id order is a poor ranking), else from the tokenizer's id order: BPE
+vocabularies number their merges in the order they were learnt, most frequent pairs first.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import weakref
 from collections import Counter
@@ -39,8 +41,8 @@ class DraftHead:
     ids: Tensor | None = None
 
     def logits(self, model: Transformer, h: Tensor) -> Tensor:
-        """Draft logits [..., N] of layer-E hidden states h [..., D]."""
-        return self.head(model.norm(h))
+        """Draft logits [..., N] of layer-E hidden states h [..., D], scaled as the full head's."""
+        return model.scale_logits(self.head(model.norm(h)))
 
     def to_vocab(self, index: Tensor) -> Tensor:
         """Vocabulary ids of positions in the draft logits."""
@@ -54,11 +56,11 @@ class DraftHead:
 
 
 def rank_tokens(tokenizer: Any, texts: Iterable[str]) -> list[int]:
-    """Token ids of a corpus, most frequent first."""
+    """Token ids of a corpus, most frequent first (ties by id, so the ranking is reproducible)."""
     counts: Counter[int] = Counter()
     for text in texts:
         counts.update(tokenizer(text, add_special_tokens=False).input_ids)
-    return [tok for tok, _ in counts.most_common()]
+    return sorted(counts, key=lambda tok: (-counts[tok], tok))
 
 
 def write_ranking(path: str | Path, ids: list[int]) -> None:
@@ -81,8 +83,11 @@ def read_ranking(path: str | Path) -> list[int]:
 
 
 def select_ids(ranking: list[int] | None, size: int | None, vocab_size: int, always: Iterable[int]) -> list[int]:
-    """The first `size` distinct valid ids of the ranking (default: id order), plus `always`."""
-    order = ranking if ranking is not None else range(vocab_size)
+    """`always` plus the first distinct valid ids of the ranking (default: id order) up to `size`
+    (None: the whole ranking); a ranking shorter than `size` is filled up in id order."""
+    order: Iterable[int] = range(vocab_size) if ranking is None else ranking
+    if size is not None:
+        order = itertools.chain(order, range(vocab_size))
     chosen = dict.fromkeys(i for i in always if 0 <= i < vocab_size)
     for i in order:
         if size is not None and len(chosen) >= size:
@@ -120,9 +125,11 @@ def draft_head(model: Transformer, ids: list[int] | None) -> DraftHead:
 
 
 def configured_draft_head(model: Transformer, cfg: GenerationConfig) -> DraftHead:
-    """The draft head `cfg` asks for: the model's own, or one over the most frequent tokens."""
+    """The draft head `cfg` asks for: the model's own, or one over the most frequent tokens (ranked
+    by `cfg`'s file, else the model's packaged ranking, else id order)."""
     if cfg.draft_vocab_size is None and cfg.draft_vocab_file is None:
         return draft_head(model, None)
-    ranking = read_ranking(cfg.draft_vocab_file) if cfg.draft_vocab_file else None
     mcfg = model.config
+    ranking_file = cfg.draft_vocab_file or mcfg.draft_vocab_ranking
+    ranking = read_ranking(ranking_file) if ranking_file else None
     return draft_head(model, select_ids(ranking, cfg.draft_vocab_size, mcfg.vocab_size, mcfg.eos_token_ids))

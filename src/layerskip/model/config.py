@@ -47,6 +47,8 @@ class ModelConfig:
     eos_token_ids: list[int] = field(default_factory=list)
     # Set by our trainer: the exit layer it recommends for self-speculation.
     recommended_exit_layer: int | None = None
+    # A packaged model's token ranking (file) for the reduced draft head when none is given.
+    draft_vocab_ranking: str | None = None
     family: str = "llama"  # HF model_type; the block's switches are `self.arch`
     sliding_window: int | None = None  # keys a sliding-window layer sees, its own token included
     layer_types: list[str] = field(default_factory=list)  # FULL / SLIDING per layer; empty: all FULL

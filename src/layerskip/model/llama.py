@@ -341,9 +341,11 @@ class Transformer(nn.Module):
         return h
 
     def exit_logits(self, h: Tensor) -> Tensor:
-        """The early exit: final norm + shared LM head applied to any layer's output (then the
-        family's logit softcapping, where its config sets one)."""
-        logits = self.output(self.norm(h))
+        """The early exit: final norm + shared LM head applied to any layer's output."""
+        return self.scale_logits(self.output(self.norm(h)))
+
+    def scale_logits(self, logits: Tensor) -> Tensor:
+        """The family's final logit softcapping, where its config sets one (any head's logits)."""
         cap = self.config.final_logit_softcap
         return logits if cap is None else torch.tanh(logits / cap) * cap
 

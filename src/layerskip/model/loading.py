@@ -124,6 +124,7 @@ def load_model(
         mapping = weights.hf_mapping(source.names(), cfg)
     target = Target(ACTIVATION_DTYPE if quant else parse_dtype(dtype), target_device, quant, lora)
     model = assemble(cfg, source, mapping, target)
+    packaged.apply_settings(name, model.config)
     if lora is not None and lora.meta.get("recommended_exit_layer") is not None:
         model.config.recommended_exit_layer = int(lora.meta["recommended_exit_layer"])
     return LoadedModel(model, load_tokenizer(path), name or DEFAULT_MODEL, path, compile=compile)

@@ -11,9 +11,13 @@ from pathlib import Path
 
 from layerskip.cache_paths import cache_root
 from layerskip.errors import LayerSkipError
+from layerskip.model.config import ModelConfig
 
 GEMMA3_270M = "gemma3-270m"
 GEMMA3_270M_ALIASES = {GEMMA3_270M, "gemma3", "gemma-3-270m", "gemma3-270m-q4_k_m"}
+# Its tokens ranked by frequency in a local corpus (benchmarks/gemma_ranking.py builds it): the
+# reduced draft head's default ranking, since Gemma's id order is a poor one.
+GEMMA3_270M_RANKING = Path(__file__).resolve().parents[1] / "data" / "draft_vocab" / "gemma3-270m.json"
 
 
 def gemma3_270m_path() -> Path:
@@ -32,3 +36,9 @@ def gemma3_270m_path() -> Path:
             raise LayerSkipError(f"cannot assemble {package.MODEL_NAME} into {target.parent}: {e}") from e
         partial.replace(target)
     return target
+
+
+def apply_settings(name: str | None, cfg: ModelConfig) -> None:
+    """A packaged model's measured settings (docs/performance.md), by the short name it was loaded by."""
+    if name in GEMMA3_270M_ALIASES:
+        cfg.draft_vocab_ranking = str(GEMMA3_270M_RANKING)
