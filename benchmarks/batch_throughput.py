@@ -8,7 +8,9 @@ perfect-draft model (layers >= E silenced: every draft is accepted, so this boun
 LayerSkip-trained model can gain), and HF `generate` on a left-padded batch. All are greedy, float32,
 the same GGUF (the embedded SmolLM2), and generate exactly --new-tokens per row (EOS ignored by
 ours, suppressed by HF's `min_new_tokens`, so rows are compared up to our first EOS). Aggregate
-tokens/s = B x new tokens / wall time of the batch, prefill included; the median of --repeats.
+tokens/s = B x new tokens / wall time of the batch, prefill included; the median of --repeats, each
+batch size after a 2-token warm-up of every arm (our weights are laid out per batch size:
+model/packing.py).
 Writes a table (stdout and JSON) and a PNG of the self-speculative gain over our autoregressive
 by batch size.
 """
@@ -34,9 +36,9 @@ from layerskip.model.loading import load_model
 from layerskip.model.synthetic import silence_layers
 
 
-def ours(loaded, prompts: list[list[int]], cfg: GenerationConfig) -> tuple[float, list[list[int]]]:
+def ours(loaded, prompts: list[list[int]], cfg: GenerationConfig, new: int) -> tuple[float, list[list[int]]]:
     t0 = time.perf_counter()
-    results = generate_batch_ids(loaded, prompts, cfg)
+    results = generate_batch_ids(loaded, prompts, replace(cfg, max_new_tokens=new))
     return time.perf_counter() - t0, [r.token_ids for r in results]
 
 
@@ -72,21 +74,21 @@ def measure(args: argparse.Namespace) -> list[dict]:
     spec = GenerationConfig(strategy="self_speculative", exit_layer=args.exit_layer,
                             num_speculations=args.num_speculations, **common)
     arms = {
-        "ours_ar": lambda p: ours(base, p, ar),
-        "ours_self_spec_perfect_draft": lambda p: ours(perfect, p, spec),
-        "hf_ar": lambda p: hf(hf_model, p, args.new_tokens, base.tokenizer.eos_token_id or 0),
+        "ours_ar": lambda p, new: ours(base, p, ar, new),
+        "ours_self_spec_perfect_draft": lambda p, new: ours(perfect, p, spec, new),
+        "hf_ar": lambda p, new: hf(hf_model, p, new, base.tokenizer.eos_token_id or 0),
     }
     names = list(arms)
-    for name in names:  # warm-up: one short batch each
-        arms[name](prompts[:2])
     rows = []
     for i, b in enumerate(sizes):
+        for name in names:  # warm-up at this batch size: allocations, and the weights laid out for b rows
+            arms[name](prompts[:b], 2)
         seconds: dict[str, list[float]] = {n: [] for n in names}
         tokens: dict[str, list[list[int]]] = {}
         for r in range(args.repeats):
             shift = (i + r) % len(names)
             for name in names[shift:] + names[:shift]:
-                s, tokens[name] = arms[name](prompts[:b])
+                s, tokens[name] = arms[name](prompts[:b], args.new_tokens)
                 seconds[name].append(s)
         row = {"batch_size": b, "new_tokens": args.new_tokens}
         for name in names:
