@@ -102,3 +102,21 @@ def test_generation_lays_the_weights_out_from_outside_the_model(force_pack):
     assert not any(isinstance(m, PackedLinear) for m in model.modules()), "the model does not pack itself"
     prepare_for_decoding(model, 32)
     assert isinstance(model.output, PackedLinear) and model.cache_len == 32
+
+
+def test_the_layout_follows_the_rows_of_each_product_and_goes_back():
+    model = random_model(tiny_config(tie_word_embeddings=True), std=0.2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = torch.arange(3, 30)[None]
+    w = model.output.weight
+    with torch.no_grad():
+        ref = model(ids)
+        pack_for_decoding(model, tied=w, rows=8)  # a batch of 8: oneDNN wherever it runs float32
+        assert isinstance(model.layers[0].feed_forward.w13, PackedLinear) == torch.backends.mkldnn.is_available()
+        assert model.output.weight is w and w.is_contiguous(), "the tied head: contiguous for many rows"
+        torch.testing.assert_close(model(ids), ref, atol=1e-4, rtol=1e-4)
+        pack_for_decoding(model, tied=w, rows=1)  # back to one row: plain again unless packed anyway
+        packs = packing._packable(model.layers[0].feed_forward.w13.weight)
+        assert isinstance(model.layers[0].feed_forward.w13, PackedLinear) == packs
+        assert w.stride() == (1, w.shape[0])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -27,17 +27,19 @@ from layerskip.model.packing import pack_for_decoding
 
 def prepare_for_decoding(model: Transformer, max_seq_len: int, exit_query_len: int = 0, batch: int = 1) -> None:
     """Caches for `batch` rows of `max_seq_len` positions, and the weights in their decoding layout
-    (packing.py)."""
+    for products of `batch` rows (packing.py)."""
     model.setup_caches(max_seq_len, exit_query_len, batch)
-    pack_for_decoding(model, tied=model.tok_embeddings.weight)
+    pack_for_decoding(model, tied=model.tok_embeddings.weight, rows=batch)
 
 
 def prefill(
     model: Transformer, tokens: Tensor, input_pos: Tensor, end_layer: int | None = None, rows: Tensor | None = None
 ) -> Tensor:
     """Fill cache rows `rows` [B, 1] (default: all) with prompts [B, T] from position 0; logits of
-    the last position [B, V]."""
-    return model(tokens, input_pos, end_layer, from_start=True, rows=rows)[:, -1]
+    the last position [B, V]. Only that position goes through the head: over all T it would read
+    the vocabulary matrix as a T-row product, the largest one in a step, for T-1 unused rows."""
+    h = model.run_layers(model.embed(tokens), input_pos, 0, end_layer, from_start=True, rows=rows)
+    return model.exit_logits(h[:, -1:])[:, -1]
 
 
 def decode_step(model: Transformer, tokens: Tensor, input_pos: Tensor, end_layer: int | None) -> Tensor:

@@ -11,9 +11,17 @@ reordered weight (no second copy), the way `quantize` swaps in quantised modules
 sets up the caches (`generation.steps.prepare_for_decoding`); the model itself never packs, and
 training or a dtype change after decoding call `unpack` first (a packed layer refuses gradients).
 
+The layout depends on how many rows each product multiplies (`rows`: the decoding batch). On an
+AVX2-only CPU MKL's float32 product is the faster one for one row, oneDNN's packed one for two rows
+or more (SmolLM2 shapes, 1 thread: the FFN's [576 -> 3072] 0.24 vs 0.36 ms at 1 row, 2.8 vs 1.1 ms
+at 7, 3.2 vs 1.6 ms at 8; docs/performance.md), so a batch packs what a single sequence leaves
+plain, and going back to one row unpacks it again.
+
 A head tied to the embedding is not packed (that would hold the matrix twice); in float32 it is
-stored transposed instead ([in, out] in memory, same shape and values), which MKL's one-row
-product streams faster than [out, in]. `LAYERSKIP_NO_PACK=1` keeps plain modules everywhere.
+stored transposed for products of up to two rows ([in, out] in memory, same shape and values),
+which MKL's one-row product streams faster than [out, in], and contiguous for more (the
+transposed product of 8 rows took 56 ms against 47). `LAYERSKIP_NO_PACK=1` keeps plain modules
+everywhere.
 """
 
 from __future__ import annotations
@@ -38,6 +46,15 @@ def _packable(weight: Tensor) -> bool:
         return torch.ops.mkldnn._is_mkldnn_bf16_supported()
     # Measured faster only with AVX-512; on an AVX2-only EPYC plain MKL won (65 vs 85 ms per SmolLM2 token).
     return weight.dtype == torch.float32 and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def _packs(weight: Tensor, rows: int) -> bool:
+    """Whether products of `rows` rows use oneDNN's layout: where `_packable` says so, and on AVX2
+    for float32 products of more than one row."""
+    if _packable(weight):
+        return True
+    multi_row_float32 = rows > 1 and weight.dtype == torch.float32 and weight.device.type == "cpu"
+    return multi_row_float32 and torch.backends.mkldnn.is_available() and os.environ.get("LAYERSKIP_NO_PACK") != "1"
 
 
 @torch.library.custom_op("layerskip::packed_linear", mutates_args=())
@@ -87,9 +104,10 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, oneDNN layout"
 
 
-def plain_layout(weight: Tensor) -> None:
-    """float32 on CPU: transposed in memory (MKL's one-row product is faster); else contiguous."""
-    if weight.dtype == torch.float32 and weight.device.type == "cpu":
+def plain_layout(weight: Tensor, rows: int = 1) -> None:
+    """float32 on CPU for products of up to two rows: transposed in memory (MKL's product is faster);
+    else contiguous."""
+    if weight.dtype == torch.float32 and weight.device.type == "cpu" and rows <= 2:
         if weight.stride() != (1, weight.shape[0]):
             weight.data = weight.t().contiguous().t()
     elif not weight.is_contiguous():
@@ -139,16 +157,24 @@ def _return_freed_memory() -> None:
 
 
 @torch.no_grad()
-def pack_for_decoding(model: nn.Module, tied: Tensor | None = None) -> None:
-    """Pack every float32/bfloat16 CPU linear layer except one whose weight is `tied`. Idempotent."""
+def pack_for_decoding(model: nn.Module, tied: Tensor | None = None, rows: int = 1) -> None:
+    """Lay out every linear layer for products of `rows` rows: pack the float32/bfloat16 CPU ones
+    where oneDNN is faster, except one whose weight is `tied`; unpack those packed for another
+    row count that are not. Idempotent."""
+    for parent, name in module_slots(model, PackedLinear):
+        packed = getattr(parent, name)
+        if not _packs(packed.weight, rows):
+            setattr(parent, name, _linear(packed.weight.to_dense(), packed.trainable))
+            del packed
+            _return_freed_memory()
     for parent, name in module_slots(model, nn.Linear):
         linear = getattr(parent, name)
-        if linear.bias is None and linear.weight is not tied and _packable(linear.weight):
+        if linear.bias is None and linear.weight is not tied and _packs(linear.weight, rows):
             setattr(parent, name, PackedLinear(linear.weight))
             del linear
             _return_freed_memory()
         else:
-            plain_layout(linear.weight)
+            plain_layout(linear.weight, rows)
 
 
 @torch.no_grad()
