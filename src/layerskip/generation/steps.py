@@ -29,7 +29,7 @@ def prepare_for_decoding(model: Transformer, max_seq_len: int, exit_query_len: i
     """Caches for `batch` rows of `max_seq_len` positions, and the weights in their decoding layout
     for products of `batch` rows (packing.py)."""
     model.setup_caches(max_seq_len, exit_query_len, batch)
-    pack_for_decoding(model, tied=model.tok_embeddings.weight, rows=batch)
+    pack_for_decoding(model, tied=model.tok_embeddings.weight, rows=batch, head_rows=batch * max(exit_query_len, 1))
 
 
 def prefill(

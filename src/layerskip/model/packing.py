@@ -17,11 +17,13 @@ or more (SmolLM2 shapes, 1 thread: the FFN's [576 -> 3072] 0.24 vs 0.36 ms at 1 
 at 7, 3.2 vs 1.6 ms at 8; docs/performance.md), so a batch packs what a single sequence leaves
 plain, and going back to one row unpacks it again.
 
-A head tied to the embedding is not packed (that would hold the matrix twice); in float32 it is
-stored transposed for products of up to two rows ([in, out] in memory, same shape and values),
-which MKL's one-row product streams faster than [out, in], and contiguous for more (the
-transposed product of 8 rows took 56 ms against 47). `LAYERSKIP_NO_PACK=1` keeps plain modules
-everywhere.
+A head tied to the embedding is not packed (that would hold the matrix twice). In float32 it is
+laid out for the rows of its products (`head_rows`: a verification's k+1, times the batch): for one
+row transposed in memory ([in, out], same shape and values), which MKL's one-row product streams
+faster than [out, in]; for more, contiguous and computed as `ColumnLinear`'s (W @ x.T).T, which on
+this AVX2 EPYC stayed below F.linear at every row count from 2 to 56 (1 thread, CPU ms, SmolLM2's
+49152 x 576 head: 14 vs 28 at 2 rows, 25 vs 45 at 8, 94 vs 98 at 56; Gemma 3's 262144 x 640: 110 vs
+185, 197 vs 328, 575 vs 761). `LAYERSKIP_NO_PACK=1` keeps plain modules everywhere.
 """
 
 from __future__ import annotations
@@ -114,6 +116,37 @@ def plain_layout(weight: Tensor, rows: int = 1) -> None:
         weight.data = weight.contiguous()
 
 
+class ColumnLinear(nn.Linear):
+    """A bias-free linear layer computed as (W @ x.T).T: one product of the [out, in] matrix by the
+    rows of x as columns. For a float32 head tied to the embedding (never packed) over several rows:
+    on this AVX2 EPYC MKL's few-row product (F.linear) of Gemma 3's 262144 x 640 head took 258 CPU
+    ms for 3 rows and 236 for 4 against 80 for one, the column product 131 and 90 (1 thread,
+    benchmarks/gemma_head.py), so a verification of k+1 rows costs about what one row costs."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        flat = x.reshape(-1, self.in_features)
+        return (self.weight @ flat.t()).t().reshape(*x.shape[:-1], self.out_features)
+
+
+def _tied_head_layout(parent: nn.Module, name: str, rows: int) -> None:
+    """A head tied to the embedding keeps its one matrix: for one-row products [in, out] in memory
+    with F.linear (MKL's fastest one-row product: 48 vs 80 CPU ms on Gemma 3's head), for more a
+    contiguous [out, in] with the column product (float32 on CPU, unless LAYERSKIP_NO_PACK=1)."""
+    head = getattr(parent, name)
+    w = head.weight
+    no_pack = os.environ.get("LAYERSKIP_NO_PACK") == "1"
+    column = rows > 1 and w.dtype == torch.float32 and w.device.type == "cpu" and not no_pack
+    kind = ColumnLinear if column else nn.Linear
+    if type(head) is not kind:
+        swapped = kind(head.in_features, head.out_features, bias=False, device="meta")
+        swapped.weight = w  # the same Parameter: the embedding stays tied to it
+        setattr(parent, name, swapped)
+    if column and not w.is_contiguous():
+        w.data = w.contiguous()
+    elif not column:
+        plain_layout(w)
+
+
 def _linear(weight: Tensor, requires_grad: bool) -> nn.Linear:
     """A bias-free nn.Linear around `weight` [out, in] itself (no copy)."""
     linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
@@ -157,10 +190,13 @@ def _return_freed_memory() -> None:
 
 
 @torch.no_grad()
-def pack_for_decoding(model: nn.Module, tied: Tensor | None = None, rows: int = 1) -> None:
+def pack_for_decoding(
+    model: nn.Module, tied: Tensor | None = None, rows: int = 1, head_rows: int | None = None
+) -> None:
     """Lay out every linear layer for products of `rows` rows: pack the float32/bfloat16 CPU ones
-    where oneDNN is faster, except one whose weight is `tied`; unpack those packed for another
-    row count that are not. Idempotent."""
+    where oneDNN is faster, except one whose weight is `tied`, laid out for products of `head_rows`
+    rows (default `rows`; a verification's k+1); unpack those packed for another row count that are
+    not. Idempotent."""
     for parent, name in module_slots(model, PackedLinear):
         packed = getattr(parent, name)
         if not _packs(packed.weight, rows):
@@ -169,7 +205,9 @@ def pack_for_decoding(model: nn.Module, tied: Tensor | None = None, rows: int = 
             _return_freed_memory()
     for parent, name in module_slots(model, nn.Linear):
         linear = getattr(parent, name)
-        if linear.bias is None and linear.weight is not tied and _packs(linear.weight, rows):
+        if linear.weight is tied:
+            _tied_head_layout(parent, name, rows if head_rows is None else head_rows)
+        elif linear.bias is None and _packs(linear.weight, rows):
             setattr(parent, name, PackedLinear(linear.weight))
             del linear
             _return_freed_memory()
