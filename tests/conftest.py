@@ -14,7 +14,7 @@ from layerskip.model.config import ModelConfig, RopeScaling
 from layerskip.model.loaded import LoadedModel
 from layerskip.model.loading import load_model
 from layerskip.model.saving import save_pretrained
-from layerskip.model.synthetic import random_model
+from layerskip.model.synthetic import random_model, silence_layers
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -99,6 +99,18 @@ def tiny_tied_llama3_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny(tiny_dir) -> LoadedModel:
     return load_model(str(tiny_dir))
+
+
+PERFECT_FROM = 2  # the first identity layer of `tiny_perfect`
+
+
+@pytest.fixture(scope="session")
+def tiny_perfect(tiny_dir) -> LoadedModel:
+    """A private copy of the tiny model (the shared one must not be modified) whose layers from
+    PERFECT_FROM on are the identity: a draft exiting at E >= PERFECT_FROM is always accepted."""
+    loaded = load_model(str(tiny_dir))
+    silence_layers(loaded.model, PERFECT_FROM)
+    return loaded
 
 
 @pytest.fixture(scope="session")

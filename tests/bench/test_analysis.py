@@ -3,24 +3,13 @@ import pytest
 from layerskip.bench.analysis import analyze, layer_statistics, text_ids
 from layerskip.bench.cost_model import memory_bound_costs
 from layerskip.bench.data import load_dataset
-from layerskip.model.loading import load_model
-from layerskip.model.synthetic import silence_layers
-
-PERFECT_FROM = 2
+from tests.conftest import PERFECT_FROM
 
 
-@pytest.fixture(scope="module")
-def perfect(tiny_dir):
-    """A private copy of the tiny model (the shared fixture must not be modified)."""
-    loaded = load_model(str(tiny_dir))
-    silence_layers(loaded.model, PERFECT_FROM)
-    return loaded
-
-
-def test_perfect_draft_agreement_is_one_from_e(perfect):
+def test_perfect_draft_agreement_is_one_from_e(tiny_perfect):
     """Memory-bound costs (no timing): the cheapest perfect draft, E=2, is the one recommended."""
-    costs = memory_bound_costs(perfect.config, max_tokens=5)
-    result = analyze(perfect, load_dataset("code", num_samples=2), max_tokens=64, max_k=4, costs=costs)
+    costs = memory_bound_costs(tiny_perfect.config, max_tokens=5)
+    result = analyze(tiny_perfect, load_dataset("code", num_samples=2), max_tokens=64, max_k=4, costs=costs)
     assert [r.layer for r in result.records] == [1, 2, 3, 4]
     for r in result.records[PERFECT_FROM - 1 :]:
         assert r.agreement == 1.0
@@ -28,7 +17,7 @@ def test_perfect_draft_agreement_is_one_from_e(perfect):
     ppl = [r.perplexity for r in result.records[PERFECT_FROM - 1 :]]
     assert max(ppl) == pytest.approx(min(ppl))  # identical logits from E on
     assert result.records[-1].predicted_speedup is None
-    assert result.num_tokens == sum(len(ids) for ids in text_ids(perfect, load_dataset("code", 2), 64))
+    assert result.num_tokens == sum(len(ids) for ids in text_ids(tiny_perfect, load_dataset("code", 2), 64))
     d = result.to_dict()
     assert {"layer", "agreement", "perplexity", "predicted_speedup", "best_k"} <= set(d["records"][0])
     assert result.recommended_exit_layer == PERFECT_FROM

@@ -10,10 +10,7 @@ from layerskip.bench.tuned import TunedSetting
 from layerskip.errors import LayerSkipError
 from layerskip.generation.config import GenerationConfig
 from layerskip.generation.output import SpeculationStats
-from layerskip.model.loading import load_model
-from layerskip.model.synthetic import silence_layers
-
-PERFECT_FROM = 2
+from tests.conftest import PERFECT_FROM
 
 
 class FakeClock:
@@ -55,18 +52,11 @@ def test_choose_ties_go_to_the_cost_model():
     assert choose(cands, {(2, 4): _Arm(1.2, 5.0), (3, 4): _Arm(2.0, 5.0)}, costs, 0.1).exit_layer == 3
 
 
-@pytest.fixture(scope="module")
-def perfect(tiny_dir):
-    loaded = load_model(str(tiny_dir))
-    silence_layers(loaded.model, PERFECT_FROM)
-    return loaded
-
-
-def test_tune_perfect_draft_picks_e_at_or_below(perfect):
+def test_tune_perfect_draft_picks_e_at_or_below(tiny_perfect):
     """Every measured speedup counts as a tie, so measured acceptance and the cost model decide."""
     cfg = TuneConfig(num_candidates=3, max_k=4, max_new_tokens=8, analysis_tokens=32, tie_tolerance=1.0)
     costs = LayerCosts(4, [1e-3] * 5, [1e-4] * 5, 1e-4, 16, 1, None)
-    result = tune(perfect, load_dataset("qa", num_samples=2), GenerationConfig(), cfg, "tiny#perfect", costs=costs,
+    result = tune(tiny_perfect, load_dataset("qa", num_samples=2), GenerationConfig(), cfg, "tiny#perfect", costs=costs,
                   clock=FakeClock(0.0))
     assert result.analysis.record(PERFECT_FROM).agreement == 1.0
     assert result.chosen.exit_layer <= PERFECT_FROM
@@ -76,13 +66,13 @@ def test_tune_perfect_draft_picks_e_at_or_below(perfect):
     assert set(result.to_dict()) == {"chosen", "num_prompts", "elapsed_s", "candidates", "measured", "analysis"}
 
 
-def test_the_budget_stops_after_the_prompt_that_crosses_it(perfect):
+def test_the_budget_stops_after_the_prompt_that_crosses_it(tiny_perfect):
     """One reading at the start and one after each prompt, 10 s apart: a 25 s budget is crossed
     after the third prompt of five."""
     cfg = TuneConfig(time_budget_s=25, num_candidates=1, max_k=2, max_new_tokens=4, analysis_tokens=16)
     clock = FakeClock(10.0)
-    result = tune(perfect, load_dataset("qa", num_samples=5), GenerationConfig(), cfg, "tiny",
-                  costs=memory_bound_costs(perfect.config, 3), clock=clock)
+    result = tune(tiny_perfect, load_dataset("qa", num_samples=5), GenerationConfig(), cfg, "tiny",
+                  costs=memory_bound_costs(tiny_perfect.config, 3), clock=clock)
     assert result.num_prompts == 3
     assert result.elapsed_s == 40.0  # the final reading
     assert all(a.speed.num_generations == 3 for a in result.measured)

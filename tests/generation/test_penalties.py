@@ -10,11 +10,8 @@ import torch
 
 from layerskip import GenerationConfig, LayerSkipError, generate_ids
 from layerskip.generation.sampling import LogitAdjuster, processed_probs
-from layerskip.model.loaded import LoadedModel
-from layerskip.model.loading import load_model
-from layerskip.model.synthetic import silence_layers
 
-from .test_sampling import PROMPT, VOCAB
+from .test_sampling import PROMPT, VOCAB, empirical_marginals
 from .test_sampling import small_vocab as small_vocab  # noqa: F401  (the same fixture)
 
 PENALTIES = dict(frequency_penalty=0.7, presence_penalty=0.5, logit_bias={7: 1.5, 9: -3.0})
@@ -59,14 +56,6 @@ def _greedy(lm, prompt, strategy="autoregressive", **kw):
     return generate_ids(lm, prompt, cfg).token_ids
 
 
-@pytest.fixture(scope="module")
-def perfect_draft(tiny_dir) -> LoadedModel:
-    """Layers 2.. are the identity: every draft is accepted, so every verification row decides a token."""
-    lm = load_model(str(tiny_dir))
-    silence_layers(lm.model, 2)
-    return lm
-
-
 @pytest.mark.parametrize("exit_layer,k,extra", [(1, 3, {}), (2, 4, {"draft_vocab_size": 40}),
                                                 (3, 2, {"adaptive_k": True})])
 def test_greedy_self_speculation_equals_autoregressive_with_penalties(tiny, exit_layer, k, extra):
@@ -76,15 +65,15 @@ def test_greedy_self_speculation_equals_autoregressive_with_penalties(tiny, exit
         assert _greedy(tiny, prompt, "self_speculative", exit_layer=exit_layer, num_speculations=k, **extra) == ar
 
 
-def test_perfect_drafts_with_penalties(perfect_draft, monkeypatch):
+def test_perfect_drafts_with_penalties(tiny_perfect, monkeypatch):
     """Every draft accepted, so each row's penalty decides a token: right rows give autoregressive
     decoding's tokens, rows that forget the drafts before them (WRONG on purpose) do not."""
     prompt = [5, 6, 7]
-    ar = _greedy(perfect_draft, prompt)
-    assert _greedy(perfect_draft, prompt, "self_speculative", exit_layer=2, num_speculations=6) == ar
+    ar = _greedy(tiny_perfect, prompt)
+    assert _greedy(tiny_perfect, prompt, "self_speculative", exit_layer=2, num_speculations=6) == ar
     rows = LogitAdjuster.rows
     monkeypatch.setattr(LogitAdjuster, "rows", lambda self, logits, drafts: rows(self, logits, drafts[:0]))
-    assert _greedy(perfect_draft, prompt, "self_speculative", exit_layer=2, num_speculations=6) != ar
+    assert _greedy(tiny_perfect, prompt, "self_speculative", exit_layer=2, num_speculations=6) != ar
 
 
 def test_a_large_negative_bias_removes_a_token(tiny):
@@ -117,13 +106,7 @@ def tv_to_exact(lm) -> tuple[float, float]:
     cfg = GenerationConfig(strategy="self_speculative", exit_layer=1, num_speculations=2, max_new_tokens=3,
                            do_sample=True, temperature=0.9, ignore_eos=True, presence_penalty=PRESENCE)
     exact2, exact3 = exact_marginals(lm.model, cfg)
-    counts = torch.zeros(2, VOCAB)
-    for seed in range(SAMPLES):
-        cfg.seed = seed
-        ids = generate_ids(lm, PROMPT, cfg).token_ids
-        counts[0, ids[1]] += 1
-        counts[1, ids[2]] += 1
-    emp = counts / SAMPLES
+    emp = empirical_marginals(lm, cfg, SAMPLES)
     return 0.5 * (emp[0] - exact2).abs().sum().item(), 0.5 * (emp[1] - exact3).abs().sum().item()
 
 

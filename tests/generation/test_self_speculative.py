@@ -5,8 +5,6 @@ import torch
 
 from layerskip import GenerationConfig, LayerSkipError, generate, generate_ids
 from layerskip.generation.output import ACCEPTED, REJECTED
-from layerskip.model.loaded import LoadedModel
-from layerskip.model.synthetic import silence_layers
 
 
 def _greedy(lm, prompt_ids, strategy="autoregressive", **kw):
@@ -43,19 +41,10 @@ def test_tiny_adaptive_drafting_stays_lossless(tiny, adaptive):
     assert ss.token_ids == ar.token_ids
 
 
-@pytest.fixture
-def perfect_draft(tiny_dir) -> LoadedModel:
-    from layerskip import load_model
-
-    lm = load_model(str(tiny_dir))
-    silence_layers(lm.model, 2)
-    return lm
-
-
 @pytest.mark.parametrize("exit_layer,k", [(2, 1), (2, 4), (3, 7)])
-def test_perfect_draft_accepts_everything(perfect_draft, exit_layer, k):
+def test_perfect_draft_accepts_everything(tiny_perfect, exit_layer, k):
     rounds = 5
-    res = _greedy(perfect_draft, [5, 6, 7], "self_speculative", exit_layer=exit_layer, num_speculations=k,
+    res = _greedy(tiny_perfect, [5, 6, 7], "self_speculative", exit_layer=exit_layer, num_speculations=k,
                   max_new_tokens=1 + rounds * (k + 1))
     assert res.stats.acceptance_rate == 1.0
     assert res.stats.mean_accepted_length == k + 1
@@ -107,34 +96,43 @@ def test_bad_parameters_raise_clear_errors(tiny, kw):
 PLAIN = [
     "def quicksort(arr):",
     "import os\n\ndef list_python_files(path):",
-    "The history of the Roman Empire",
     "Q: What is 17 + 25?\nA:",
-    "Photosynthesis is the process by which",
 ]
-CHAT = [
-    "Write a haiku about autumn.",
-    "What is the capital of Japan?",
-    "Explain recursion in one sentence.",
-    "List three prime numbers.",
-    "Translate 'good morning' into French.",
-]
-# (exit layer, k, adaptive options), one per prompt: E = 1 and E = L-1, k = 1 and k >= 8 among them.
-# Settings whose drafts are mostly rejected cost a multiple of autoregressive decoding on this
-# untrained model, so the costly ones appear once and the others cut drafts short.
+CHAT = ["Write a haiku about autumn.", "Explain recursion in one sentence."]
+# (exit layer, k, adaptive options), two per prompt (PLAIN then CHAT): E = 1 and E = L-1, k = 1 and
+# k >= 8 among them. On this untrained model most drafts are rejected, so self-speculation costs
+# 2-6x autoregressive decoding (mostly the k+1-row verifications): the setting that accepts most
+# runs 48 tokens, the others 16 (the tiny model's test runs 400).
 SETTINGS = [
-    (1, 8, {}), (29, 1, {}), (8, 6, {"draft_confidence_threshold": 0.3}), (15, 3, {"adaptive_k": True}),
-    (4, 10, {"draft_confidence_threshold": 0.4}), (29, 8, {}), (12, 2, {"adaptive_k": True}),
-    (20, 4, {"draft_confidence_threshold": 0.3}), (24, 2, {}), (28, 9, {"adaptive_k": True}),
+    (29, 1, {}), (28, 9, {"adaptive_k": True}),
+    (1, 8, {}), (8, 6, {"draft_confidence_threshold": 0.3}),
+    (15, 3, {"adaptive_k": True}), (4, 10, {"draft_confidence_threshold": 0.4}),
+    (29, 8, {}), (12, 2, {"adaptive_k": True}),
+    (20, 4, {"draft_confidence_threshold": 0.3}), (24, 2, {}),
 ]
+
+
+@pytest.fixture(scope="module")
+def smollm2_ar(smollm2):
+    """Greedy autoregressive output per (prompt, chat, length), generated once for the settings sharing it."""
+    done = {}
+
+    def ar(prompt: str, chat: bool, max_new_tokens: int):
+        key = (prompt, chat, max_new_tokens)
+        if key not in done:
+            done[key] = generate(smollm2, prompt, GenerationConfig(max_new_tokens=max_new_tokens, chat=chat))
+        return done[key]
+
+    return ar
 
 
 @pytest.mark.parametrize("i", range(10))
-def test_smollm2_greedy_equals_autoregressive(smollm2, i):
-    chat = i >= len(PLAIN)
-    prompt = (CHAT if chat else PLAIN)[i % len(PLAIN)]
+def test_smollm2_greedy_equals_autoregressive(smollm2, smollm2_ar, i):
+    chat = i >= 2 * len(PLAIN)
+    prompt = (PLAIN + CHAT)[i // 2]
     exit_layer, k, extra = SETTINGS[i]
-    base = {"max_new_tokens": 48, "chat": chat}  # longer outputs: the tiny test at 400 tokens
-    ar = generate(smollm2, prompt, GenerationConfig(**base))
+    base = {"max_new_tokens": 48 if i == 0 else 16, "chat": chat}
+    ar = smollm2_ar(prompt, **base)
     ss = generate(smollm2, prompt, GenerationConfig(strategy="self_speculative", exit_layer=exit_layer,
                                                     num_speculations=k, **base, **extra))
     assert ss.token_ids == ar.token_ids
@@ -158,12 +156,12 @@ def _first_fresh_accepted_draft(lm, prompt: str, cfg: GenerationConfig) -> int:
 def test_smollm2_eos_inside_a_draft(smollm2):
     """Declare as EOS a token that self-speculation commits inside an accepted draft: generation must
     stop right there, at the same token as autoregressive decoding, with the rest of the draft dropped."""
-    cfg = dict(strategy="self_speculative", exit_layer=29, num_speculations=8, max_new_tokens=64)
+    cfg = dict(strategy="self_speculative", exit_layer=29, num_speculations=4, max_new_tokens=24)
     eos = _first_fresh_accepted_draft(smollm2, PLAIN[1], GenerationConfig(**cfg, ignore_eos=True))
     kinds = []
     res = generate(smollm2, PLAIN[1], GenerationConfig(**cfg, eos_token_ids=[eos]),
                    lambda ids, kind: kinds.append((ids, kind)))
-    ar = generate(smollm2, PLAIN[1], GenerationConfig(max_new_tokens=64, eos_token_ids=[eos]))
+    ar = generate(smollm2, PLAIN[1], GenerationConfig(max_new_tokens=24, eos_token_ids=[eos]))
     assert res.finish_reason == ar.finish_reason == "stop"
     assert res.token_ids == ar.token_ids and res.token_ids[-1] == eos
     assert any(kind == ACCEPTED and ids[-1] == eos for ids, kind in kinds)
