@@ -50,7 +50,7 @@ def test_eval_self_speculative_writes_lm_eval_results_and_speculation_figures(lo
 
 
 def test_eval_early_exit_reports_accuracy_at_the_exit(loads, capsys):
-    assert main(["eval", "--tasks", "layerskip_mc", "--strategy", "early_exit", "--exit-layer", "8",
+    assert main(["eval", "--tasks", "layerskip_mc", "--limit", "3", "--strategy", "early_exit", "--exit-layer", "8",
                  "--batch_size", "8"]) == 0
     out = capsys.readouterr().out
     assert "acc" in out and "[early_exit] scored at layer 8/30" in out

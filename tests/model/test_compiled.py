@@ -11,10 +11,16 @@ from layerskip.model.loading import load_model
 from layerskip.model.packing import PackedLinear
 
 
+@pytest.fixture(scope="module")
+def compiled(tiny_dir):
+    """One compiled copy for the three strategies, so that the steps they share compile once."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(packing, "_packable", lambda w: w.dtype == torch.float32)  # the opaque packed op, compiled
+        yield load_model(str(tiny_dir), compile=True)
+
+
 @pytest.mark.parametrize("strategy", ["autoregressive", "early_exit", "self_speculative"])
-def test_compiled_steps_generate_the_eager_tokens(tiny_dir, tiny, strategy, monkeypatch):
-    monkeypatch.setattr(packing, "_packable", lambda w: w.dtype == torch.float32)  # the opaque packed op, compiled
-    compiled = load_model(str(tiny_dir), compile=True)
+def test_compiled_steps_generate_the_eager_tokens(compiled, tiny, strategy):
     prompt = tiny.tokenizer("def f(x):").input_ids
     cfg = GenerationConfig(strategy=strategy, exit_layer=2, num_speculations=3, max_new_tokens=24, ignore_eos=True)
     assert generate_ids(compiled, prompt, cfg).token_ids == generate_ids(tiny, prompt, cfg).token_ids
