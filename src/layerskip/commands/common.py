@@ -1,5 +1,6 @@
 """Flags and argparse glue shared by the commands: the model flags, the generation flags (derived
-from GenerationConfig's fields), the dataset flags of the measuring commands, and tuned E and k."""
+from GenerationConfig's fields), the dataset flags of the measuring commands, and tuned E and k
+(for self-speculation without a fixed E: the online controller's starting point)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 from layerskip.bench.data import METRICS, Dataset, load_dataset
 from layerskip.bench.tuned import load_tuned
 from layerskip.errors import LayerSkipError
-from layerskip.generation.config import GenerationConfig
+from layerskip.generation.config import AUTO, GenerationConfig
 from layerskip.model.loaded import LoadedModel
 from layerskip.model.loading import DEFAULT_MODEL, DTYPES, load_model
 from layerskip.model.quantize import QUANT_MODES
@@ -60,7 +61,7 @@ def _add_flag(g: argparse._ArgumentGroup, f: Field, hint: type, default: object)
     elif typing.get_origin(hint) is list:
         options |= {"action": "append", "default": [], "type": typing.get_args(hint)[0]}
     else:
-        scalar = next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
+        scalar = meta.get("type") or next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
         options |= {"type": scalar, "default": default}
     options |= {k: meta[k] for k in ("metavar", "choices") if k in meta}
     g.add_argument(name, **options)
@@ -78,14 +79,23 @@ def add_generation_arguments(
         _add_flag(g, f, hints[f.name], default)
 
 
-def tuned_values(args: argparse.Namespace) -> dict[str, Any]:
-    """exit_layer and num_speculations from the flags, unset ones from the tuned file (else defaults)."""
+def tuned_values(args: argparse.Namespace, strategy: str | None = None) -> dict[str, Any]:
+    """exit_layer and num_speculations from the flags, unset ones from the tuned file (else defaults).
+    Self-speculation without a fixed E chooses it online: the tuned (E, k) is where it starts
+    (E None where tune found that nothing beats autoregressive), k at least the tuned one."""
     e, k = args.exit_layer, args.num_speculations
-    if e is None or k is None:
+    auto = (strategy or getattr(args, "strategy", None)) == "self_speculative" and e in (None, AUTO)
+    tuned = None
+    if e is None or k is None or auto:
         tuned = load_tuned(args.model, args.dtype, args.device, getattr(args, "perfect_draft_from", None))
-        if tuned is not None:
-            e = tuned.exit_layer if e is None else e
-            k = tuned.num_speculations if k is None else k
+    if auto:
+        start = None if tuned is None else (tuned.exit_layer if tuned.beats_autoregressive else None,
+                                            tuned.num_speculations)
+        k = k if k is not None else max(GenerationConfig.num_speculations, start[1] if start else 0)
+        return {"exit_layer": AUTO, "num_speculations": k, "auto_start": start}
+    if tuned is not None:
+        e = tuned.exit_layer if e is None else e
+        k = tuned.num_speculations if k is None else k
     return {"exit_layer": e, "num_speculations": GenerationConfig.num_speculations if k is None else k}
 
 
@@ -93,7 +103,7 @@ def generation_config(args: argparse.Namespace, **overrides: object) -> Generati
     """A validated GenerationConfig from the flags `add_generation_arguments` added, tuned E and k."""
     values = {f.name: getattr(args, f.name) for f in _flag_fields(None) if hasattr(args, f.name)}
     values["chat"] = getattr(args, "chat", False)
-    values |= tuned_values(args)
+    values |= tuned_values(args, overrides.get("strategy"))
     values |= overrides
     return GenerationConfig(**values)
 

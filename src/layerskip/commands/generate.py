@@ -72,6 +72,8 @@ def stats_line(r: GenerationResult) -> str:
     )
     if r.strategy != "autoregressive":
         line += f", exit layer {r.exit_layer}"
+    if len(r.exit_layer_schedule) > 1:  # chosen online (--exit-layer auto): what ran, in order
+        line += f" (schedule {schedule_text(r.exit_layer_schedule)})"
     if r.speculative:
         s = r.stats
         line += (
@@ -79,3 +81,9 @@ def stats_line(r: GenerationResult) -> str:
             f" mean accepted length {s.mean_accepted_length:.2f}"
         )
     return line
+
+
+def schedule_text(schedule: list[dict]) -> str:
+    """Stretches as `AR x12, E8 k6 x40`: autoregressive or (E, k), and the tokens each produced."""
+    return ", ".join(f"AR x{s['tokens']}" if s["exit_layer"] is None
+                     else f"E{s['exit_layer']} k{s['num_speculations']} x{s['tokens']}" for s in schedule)

@@ -12,12 +12,16 @@ verification runs layers E..L-1 over all rows' pending states, and acceptance is
 acceptance vectorised, one host sync per round). A row allowed fewer drafts (it is near its
 length limit, or its draft confidence fell) has the rest masked out rather than holding the
 others back.
+
+With no fixed exit layer (`--exit-layer auto`), the batch's controller (controller.py) chooses
+each round's E, k and draft head, or autoregressive decoding, from acceptance and shadow exits it
+observes on the way; a round boundary holds no state that depends on E, so switching is lossless.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -26,6 +30,8 @@ from layerskip.errors import LayerSkipError
 from layerskip.generation import self_speculative
 from layerskip.generation.clock import PhaseClock
 from layerskip.generation.config import GenerationConfig
+from layerskip.generation.controller import AUTOREGRESSIVE, Choice, ExitController
+from layerskip.generation.costs import LayerCosts, model_costs
 from layerskip.generation.draft_vocab import DraftHead, configured_draft_head
 from layerskip.generation.output import ACCEPTED, TARGET, GenerationResult, SpeculationStats, TokenCallback, TokenSink
 from layerskip.generation.sampling import LogitAdjuster, make_generator, processed_probs, sample
@@ -49,6 +55,7 @@ class Row:
     id: int  # the request's number in this decoder (slots are reused, ids are not)
     pos: int  # the pending token's position (the device holds it too; this copy bounds drafts)
     stats: SpeculationStats = field(default_factory=SpeculationStats)
+    schedule: list[list] = field(default_factory=list)  # [(E, k, draft vocabulary), tokens] stretches, in order
 
 
 @dataclass(frozen=True)
@@ -56,13 +63,21 @@ class BatchPlan:
     """What every row of one batch shares: the strategy, its layers and draft length, the draft head."""
 
     strategy: str
-    exit_layer: int | None  # None: all layers, autoregressive
-    num_speculations: int
+    exit_layer: int | None  # None: all layers (autoregressive), or chosen per round (auto)
+    num_speculations: int  # k, or with `auto` the most the controller may choose
     draft_cfg: GenerationConfig  # the draft head's vocabulary settings
+    auto: bool = False  # self-speculation whose E, k and draft head the controller chooses
+    start: tuple[int | None, int] | None = None  # the controller's first (E, k); None: probe first
 
     @classmethod
     def of(cls, cfg: GenerationConfig, n_layers: int, recommended: int | None) -> BatchPlan:
-        return cls(cfg.strategy, cfg.resolve_exit_layer(n_layers, recommended), cfg.num_speculations, cfg)
+        start = cfg.auto_start
+        if cfg.auto_exit and start is None and recommended is not None:
+            start = (recommended, cfg.num_speculations)
+        if start is not None and start[0] is not None and not 1 <= start[0] < n_layers:
+            raise LayerSkipError(f"the controller's start exit layer {start[0]} is outside 1..{n_layers - 1}")
+        return cls(cfg.strategy, cfg.resolve_exit_layer(n_layers, recommended), cfg.num_speculations, cfg,
+                   cfg.auto_exit, start if cfg.auto_exit else None)
 
     def admits(self, cfg: GenerationConfig) -> str | None:
         """Why a request cannot share this batch (None: it can)."""
@@ -71,7 +86,9 @@ class BatchPlan:
         if self.strategy == "autoregressive":
             return None
         d = self.draft_cfg
-        if cfg.exit_layer not in (None, self.exit_layer):
+        if cfg.auto_exit != self.auto:
+            return "this batch's exit layer is " + ("chosen online" if self.auto else f"fixed at {self.exit_layer}")
+        if not self.auto and cfg.exit_layer not in (None, self.exit_layer):
             return f"exit layer {cfg.exit_layer} differs from the batch's {self.exit_layer}"
         if cfg.speculative and cfg.num_speculations > self.num_speculations:
             return f"num_speculations {cfg.num_speculations} exceeds the batch's {self.num_speculations}"
@@ -90,7 +107,10 @@ def model_eos_ids(loaded: LoadedModel) -> set[int]:
 class BatchDecoder:
     """Up to `capacity` sequences decoding together; `join` between rounds, `step` runs one round."""
 
-    def __init__(self, loaded: LoadedModel, capacity: int, max_seq_len: int, plan: BatchPlan):
+    def __init__(self, loaded: LoadedModel, capacity: int, max_seq_len: int, plan: BatchPlan,
+                 costs: LayerCosts | None = None, controller: ExitController | None = None):
+        """`costs` (auto plans; default: measured once per model and machine, costs.model_costs) and
+        `controller` (default: one from the plan and costs) are for tests and benchmarks."""
         model, mcfg = loaded.model, loaded.config
         if capacity < 1:
             raise LayerSkipError(f"batch capacity must be >= 1, got {capacity}")
@@ -98,9 +118,16 @@ class BatchDecoder:
         self.max_seq_len = min(max_seq_len, mcfg.max_seq_len)
         self.device = model.tok_embeddings.weight.device
         speculative = plan.strategy == "self_speculative"
+        self.heads = draft_heads(model, plan) if speculative else {}  # by "reduced vocabulary"
+        self.controller = controller
+        if plan.auto and controller is None:  # costs first: measuring them reallocates the caches
+            costs = costs or model_costs(model, plan.num_speculations + 1, self.heads.get(True))
+            self.controller = controller_for(plan, costs, self.heads)
+        self.static = AUTOREGRESSIVE  # what a round without a controller runs
+        if speculative and not plan.auto:
+            self.static = Choice(plan.exit_layer, plan.num_speculations, max(self.heads))
         prepare_for_decoding(model, self.max_seq_len, plan.num_speculations + 1 if speculative else 0, capacity)
         self.steps = steps_for(model, loaded.compile)
-        self.head: DraftHead | None = configured_draft_head(model, plan.draft_cfg) if speculative else None
         self.rows: list[Row | None] = [None] * capacity
         with torch.inference_mode():  # like every later value of them, so compiled steps see one kind
             self.tokens = torch.zeros(capacity, dtype=torch.long, device=self.device)  # each row's pending token
@@ -110,6 +137,7 @@ class BatchDecoder:
         self.clock = PhaseClock(self.device)
         self.finished: dict[int, GenerationResult] = {}  # by request id
         self.joined = 0
+        self.segment = self._segment(self.choice)  # the stretch the next committed tokens belong to
 
     @property
     def active(self) -> list[int]:
@@ -118,6 +146,20 @@ class BatchDecoder:
     @property
     def free(self) -> int:
         return self.rows.count(None)
+
+    @property
+    def choice(self) -> Choice:
+        """What the next round runs, unless the controller probes: E (None: autoregressive), k, head."""
+        return self.controller.choice if self.controller is not None else self.static
+
+    def _segment(self, c: Choice) -> tuple[int | None, int | None, int | None]:
+        """A schedule stretch's key: (E, k, draft vocabulary size); (E, None, None) for early exit."""
+        if self.plan.strategy == "early_exit":
+            return self.plan.exit_layer, None, None
+        if not c.speculative:
+            return None, None, None
+        ids = self.heads[c.reduced].ids
+        return c.exit_layer, c.k, None if ids is None else len(ids)
 
     def room(self, prompt_tokens: int, cfg: GenerationConfig) -> str | None:
         """Why a request does not fit this batch's cache or plan (None: it fits)."""
@@ -168,27 +210,32 @@ class BatchDecoder:
     def _commit(self, slot: int, ids: list[int], kind: str = TARGET) -> bool:
         """Push tokens to a row's sink; a finished row leaves the batch. True once it has."""
         row = self.rows[slot]
-        if row.sink.push(ids, kind):
+        before = len(row.sink.ids)
+        done = row.sink.push(ids, kind)
+        _extend(row.schedule, self.segment, len(row.sink.ids) - before)
+        if done:
             self._finish(slot)
-            return True
-        return False
+        return done
 
     def _finish(self, slot: int) -> None:
         row, end = self.rows[slot], time.perf_counter()
         first = row.sink.first_token_time or end
-        plan = self.plan
+        schedule = [{"exit_layer": e, "num_speculations": k, "draft_vocab_size": v, "tokens": n}
+                    for (e, k, v), n in row.schedule]
+        main = _most_tokens(schedule)
         self.finished[row.id] = GenerationResult(
             text=row.sink.text(),
             token_ids=row.sink.ids,
             prompt_tokens=row.prompt_tokens,
             finish_reason=row.sink.finish_reason or "length",
-            strategy=plan.strategy,
-            exit_layer=plan.exit_layer,
-            num_speculations=row.cfg.num_speculations if row.cfg.speculative else None,
+            strategy=self.plan.strategy,
+            exit_layer=main and main["exit_layer"],
+            num_speculations=main and main["num_speculations"],
             time_to_first_token_s=first - row.started,
             decode_time_s=end - first,
             total_time_s=end - row.started,
             stats=row.stats,
+            exit_layer_schedule=schedule,
         )
         self._free(slot)
 
@@ -216,10 +263,20 @@ class BatchDecoder:
         """One round for every active row: one token each, or one draft/verify round each."""
         if not self.active:
             return
-        if self.plan.strategy == "self_speculative":
-            self._speculative_round()
-        else:
+        if self.plan.strategy != "self_speculative":
             self._decode_round()
+            return
+        batch, start = len(self.active), time.perf_counter()
+        choice, probes = self.controller.plan() if self.controller is not None else (self.static, ())
+        self.segment = self._segment(choice)
+        accepted: list[tuple[int, int]] = []
+        if choice.speculative:
+            accepted, shadow = self._speculative_round(choice, probes)
+        else:
+            shadow = self._decode_round(probes)
+        if self.controller is not None:  # the round's host sync is behind us: wall time is device time
+            self.controller.observe(choice, probes, shadow, accepted, batch, time.perf_counter() - start)
+        self.segment = self._segment(self.choice)
 
     @property
     def _end_layer(self) -> int | None:
@@ -227,51 +284,90 @@ class BatchDecoder:
         takes self-speculation to the end)."""
         return self.plan.exit_layer if self.plan.strategy == "early_exit" else None
 
-    def _decode_round(self) -> None:
-        logits = self.steps.decode(self.model, self.tokens[:, None], self.pos, self._end_layer)  # [C, V]
+    def _decode_round(self, probes: tuple[int, ...] = ()) -> list[int]:
+        """One token per row; with `probes`, the step is split there and the shadow exits' counts
+        come back (controller.py)."""
+        if probes:
+            h = self.steps.early(self.model, self.tokens[:, None], self.pos, probes[0])
+            logits, states = self._verify(h, self.pos, probes[0], probes)
+            logits = logits[:, -1]
+        else:
+            logits = self.steps.decode(self.model, self.tokens[:, None], self.pos, self._end_layer)  # [C, V]
         tokens = logits.argmax(-1)
+        shadow = self._shadow(states, tokens[:, None], self.live.bool()) if probes else tokens[:0]
         for slot in self.active:
             row = self.rows[slot]
             if row.adjust.active or not row.cfg.greedy:
                 tokens[slot] = self._choose(row, row.adjust(logits[slot]))
-        ids = tokens.tolist()  # the round's one host sync
+        ids = torch.cat([tokens, shadow]).tolist()  # the round's one host sync
+        ids, shadow_counts = ids[: self.capacity], ids[self.capacity :]
         moving = self._moving()
         for slot in self.active:
             self.rows[slot].pos += 1
             self._commit(slot, [ids[slot]])
         self.tokens, self.pos = tokens, self.pos + moving
+        return shadow_counts
+
+    def _verify(self, h: Tensor, pos: Tensor, start: int, probes: tuple[int, ...]) -> tuple[Tensor, Tensor | None]:
+        """Layers start..L-1 and the head over layer-`start` states h [C, T, D]: logits [C, T, V],
+        and the states at the probed layers (>= start) [P, C, T, D] (None without probes)."""
+        states, at = [], start
+        for layer in probes:
+            if layer > at:
+                h = self.steps.layers(self.model, h, pos, at, layer)
+                at = layer
+            states.append(h)
+        return self.steps.verify(self.model, h, pos, at), torch.stack(states) if states else None
+
+    def _shadow(self, states: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+        """Shadow exits at the probed layers: per layer, how many of the `valid` positions [C, T]
+        its draft head's argmax agrees with the full model's `target` [C, T]; then how many positions
+        were compared and how many of their targets the head can draft at all. [P + 2] on the device."""
+        head = self.heads[max(self.heads)]  # the cheapest: the reduced head where there is one
+        p, c, t, d = states.shape
+        guess = head.to_vocab(head.logits(self.model, states.reshape(p * c * t, d)).argmax(-1)).view(p, c, t)
+        agree = ((guess == target) & valid).sum((1, 2))
+        covered = valid if head.ids is None else valid & torch.isin(target, head.ids)
+        return torch.cat([agree, valid.sum()[None], covered.sum()[None]])
 
     def _moving(self) -> Tensor:
         """[C, 1] 1 for the rows active as the round starts, 0 for free ones: only those advance
         (a copy of the device mask, no host-to-device transfer)."""
         return self.live.clone()
 
-    def _speculative_round(self) -> None:
+    def _speculative_round(self, choice: Choice, probes: tuple[int, ...]) -> tuple[list[tuple[int, int]], list[int]]:
+        """Draft and verify; (accepted, drafted) per active row, and the shadow exits' counts."""
         active, moving = self.active, self._moving()
-        limits = {slot: min(self.rows[slot].k, self.rows[slot].sink.remaining - 1) for slot in active}
+        limits = {slot: min(self.rows[slot].k, choice.k, self.rows[slot].sink.remaining - 1) for slot in active}
         # Every row drafts as far as the longest; none may write past the end of the cache.
         m = min(max(limits.values()), self.max_seq_len - 1 - max(self.rows[s].pos for s in active))
         t0 = self.clock.mark()
-        drafts, probs, limit = self._draft(m, limits)
+        drafts, probs, limit = self._draft(m, limits, choice)
         t1 = self.clock.mark()
         n = drafts.shape[1]
         h = self.model.exit_query_cache.read(n + 1)
-        logits = self.steps.verify(self.model, h, self.pos + self.offsets[:, : n + 1], self.plan.exit_layer)
+        logits, states = self._verify(h, self.pos + self.offsets[:, : n + 1], choice.exit_layer, probes)
         n_acc, new = self._accept(drafts, probs, limit, logits)
-        host = torch.cat([n_acc, new, drafts.flatten()]).tolist()  # the round's one host sync
+        parts = [n_acc, new, drafts.flatten()]
+        if probes:  # the committed positions: the accepted drafts' and the pending token's
+            valid = (torch.arange(n + 1, device=self.device)[None] <= n_acc[:, None]) & self.live.bool()
+            parts.append(self._shadow(states, logits.argmax(-1), valid))
+        host = torch.cat(parts).tolist()  # the round's one host sync
         seconds = (self.clock.seconds(t0, t1), self.clock.seconds(t1, self.clock.mark()))
         c = self.capacity
-        accepted, chosen, drafted = host[:c], host[c : 2 * c], host[2 * c :]
+        accepted, chosen, drafted = host[:c], host[c : 2 * c], host[2 * c : 2 * c + c * n]
         for slot in active:
             self._commit_round(slot, accepted[slot], chosen[slot], drafted[slot * n : slot * n + limits[slot]],
                                seconds)
         self.pos = self.pos + (n_acc[:, None] + 1) * moving
         self.tokens = new
+        return [(accepted[s], limits[s]) for s in active], host[2 * c + c * n :]
 
-    def _draft(self, m: int, limits: dict[int, int]) -> tuple[Tensor, dict[int, Tensor], Tensor]:
+    def _draft(self, m: int, limits: dict[int, int], choice: Choice) -> tuple[Tensor, dict[int, Tensor], Tensor]:
         """Up to m drafts for every row: tokens [C, n], sampled rows' draft distributions, and each
         row's number of usable drafts [C] (its limit, or fewer where its confidence fell)."""
-        model, steps, head, cache = self.model, self.steps, self.head, self.model.exit_query_cache
+        model, steps, cache = self.model, self.steps, self.model.exit_query_cache
+        head, exit_layer = self.heads[choice.reduced], choice.exit_layer
         limit = torch.zeros(self.capacity, dtype=torch.long, device=self.device)
         for slot, lim in limits.items():
             limit[slot] = limits[slot] = min(lim, m)
@@ -280,7 +376,7 @@ class BatchDecoder:
         token, tokens = self.tokens, []
         probs: dict[int, list[Tensor]] = {s: [] for s in limits if not self.rows[s].cfg.greedy}
         for i in range(m):
-            h, logits = steps.draft(model, head, token[:, None], self.pos + i, self.plan.exit_layer)
+            h, logits = steps.draft(model, head, token[:, None], self.pos + i, exit_layer)
             cache.write(i, h)
             token = head.to_vocab(logits.argmax(-1))
             for slot, lim in limits.items():
@@ -302,7 +398,7 @@ class BatchDecoder:
             tokens.append(token)
             if thresholds and all(t is not None for t in thresholds.values()) and not confident:
                 break  # every row's confidence fell: verify now
-        cache.write(len(tokens), steps.early(model, token[:, None], self.pos + len(tokens), self.plan.exit_layer))
+        cache.write(len(tokens), steps.early(model, token[:, None], self.pos + len(tokens), exit_layer))
         drafts = torch.stack(tokens, 1) if tokens else self.tokens.new_empty(self.capacity, 0)
         return drafts, {s: torch.stack(p) for s, p in probs.items() if p}, limit
 
@@ -346,6 +442,56 @@ class BatchDecoder:
             return
         if row.cfg.adaptive_k:
             row.k = next_k(row.cfg.num_speculations, len(drafted), n_acc)
+
+
+AUTO_DRAFT_VOCAB = 8192  # the reduced head the controller may draft with (and shadows with)
+
+
+def draft_heads(model: torch.nn.Module, plan: BatchPlan) -> dict[bool, DraftHead]:
+    """The draft heads a batch may use, keyed by "reduced vocabulary": the configured one; with
+    `auto` and none configured, the full head and, on a large vocabulary, one over the
+    AUTO_DRAFT_VOCAB most frequent tokens (the controller picks between them)."""
+    cfg = plan.draft_cfg
+    head = configured_draft_head(model, cfg)
+    heads = {head.ids is not None: head}
+    configured = cfg.draft_vocab_size is not None or cfg.draft_vocab_file is not None
+    if plan.auto and not configured and model.config.vocab_size > 2 * AUTO_DRAFT_VOCAB:
+        heads[True] = configured_draft_head(model, replace(cfg, draft_vocab_size=AUTO_DRAFT_VOCAB))
+    return heads
+
+
+def controller_for(plan: BatchPlan, costs: LayerCosts, heads: dict[bool, DraftHead]) -> ExitController:
+    """The controller of an auto plan: it starts at the plan's (E, k), drafting with the reduced
+    head where there is one, and shadows with the cheapest head."""
+    reduced = max(heads)
+    start = None
+    if plan.start is not None:
+        e, k = plan.start
+        start = AUTOREGRESSIVE if e is None else Choice(e, min(k, plan.num_speculations), reduced)
+    return ExitController(costs, plan.num_speculations, start, tuple(heads), shadow_reduced=reduced)
+
+
+def _extend(schedule: list[list], segment: tuple, tokens: int) -> None:
+    """Count tokens into the schedule's last stretch, or open a new one."""
+    if tokens <= 0:
+        return
+    if schedule and schedule[-1][0] == segment:
+        schedule[-1][1] += tokens
+    else:
+        schedule.append([segment, tokens])
+
+
+def _most_tokens(schedule: list[dict]) -> dict | None:
+    """The speculative (or early-exit) setting that produced most tokens; None if there is none."""
+    per: dict[tuple, int] = {}
+    for s in schedule:
+        if s["exit_layer"] is not None:
+            key = (s["exit_layer"], s["num_speculations"])
+            per[key] = per.get(key, 0) + s["tokens"]
+    if not per:
+        return None
+    e, k = max(per, key=per.get)
+    return {"exit_layer": e, "num_speculations": k}
 
 
 def _counting(adjust: LogitAdjuster, on_tokens: TokenCallback | None) -> TokenCallback | None:

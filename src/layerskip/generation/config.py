@@ -8,11 +8,22 @@ from typing import Any
 from layerskip.errors import LayerSkipError
 
 STRATEGIES = ("autoregressive", "early_exit", "self_speculative")
+AUTO = "auto"  # --exit-layer auto: self-speculation chooses E, k and the draft head online (controller.py)
 
 
 def is_speculative(strategy: str) -> bool:
     """Whether a run of `strategy` drafts and verifies: the one place that decides it."""
     return strategy == "self_speculative"
+
+
+def exit_layer_arg(text: str) -> int | str:
+    """An exit layer as typed: a number, or "auto"."""
+    if text == AUTO:
+        return AUTO
+    try:
+        return int(text)
+    except ValueError:
+        raise LayerSkipError(f"exit layer must be a number or {AUTO!r}, got {text!r}") from None
 
 
 def _flag(default: object, help: str, **cli: object) -> Any:
@@ -28,9 +39,16 @@ class GenerationConfig:
 
     strategy: str = _flag("autoregressive", "decoding strategy", choices=STRATEGIES, group="strategy")
     max_new_tokens: int = _flag(128, "tokens to generate at most")
-    exit_layer: int | None = _flag(None, "E: layers 0..E-1 draft or exit", group="strategy",
-                                   default_help="the model's recommendation, else L/4")
-    num_speculations: int = _flag(6, "k: draft tokens per verification", group="strategy")
+    # None or "auto" for self-speculation: chosen online, between rounds (stored as None).
+    exit_layer: int | str | None = _flag(
+        None, "E: layers 0..E-1 draft or exit; 'auto' (self-speculation): chosen while decoding", group="strategy",
+        metavar="E|auto", type=exit_layer_arg,
+        default_help="self_speculative: auto from the tuned setting; early_exit: the model's recommendation, else L/4")
+    num_speculations: int = _flag(6, "k: draft tokens per verification (auto: the most it may choose)",
+                                  group="strategy")
+    # Where the exit-layer controller starts: (E, k) from `layerskip tune`; E None starts
+    # autoregressive. None: the model's recommended exit layer, else autoregressive with probing.
+    auto_start: tuple[int | None, int] | None = None
     do_sample: bool = _flag(False, "sample instead of greedy decoding", flag="--sample")
     temperature: float = _flag(1.0, "softmax temperature when sampling")
     top_k: int | None = _flag(None, "sample from the k most likely tokens only")
@@ -79,8 +97,12 @@ class GenerationConfig:
             raise LayerSkipError(f"draft confidence threshold must be in [0, 1], got {t}")
         if self.draft_vocab_size is not None and self.draft_vocab_size < 1:
             raise LayerSkipError(f"draft vocabulary size must be >= 1, got {self.draft_vocab_size}")
-        if self.exit_layer is not None and self.exit_layer < 1:
-            raise LayerSkipError(f"exit layer must be >= 1, got {self.exit_layer}")
+        if self.exit_layer == AUTO:
+            if self.strategy == "early_exit":
+                raise LayerSkipError("early_exit needs a fixed exit layer ('auto' is for self_speculative)")
+            self.exit_layer = None
+        elif self.exit_layer is not None and (not isinstance(self.exit_layer, int) or self.exit_layer < 1):
+            raise LayerSkipError(f"exit layer must be >= 1 or {AUTO!r}, got {self.exit_layer!r}")
         for name in ("frequency_penalty", "presence_penalty"):
             if not -2 <= getattr(self, name) <= 2:
                 raise LayerSkipError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
@@ -92,12 +114,18 @@ class GenerationConfig:
         return is_speculative(self.strategy)
 
     @property
+    def auto_exit(self) -> bool:
+        """Self-speculation with E, k and the draft head chosen online (no fixed exit layer)."""
+        return self.speculative and self.exit_layer is None
+
+    @property
     def greedy(self) -> bool:
         return not self.do_sample or self.temperature == 0
 
     def resolve_exit_layer(self, n_layers: int, recommended: int | None) -> int | None:
-        """The exit layer for this model, checked against its depth; None for autoregressive."""
-        if self.strategy == "autoregressive":
+        """The exit layer for this model, checked against its depth; None for autoregressive and
+        for self-speculation that chooses it online."""
+        if self.strategy == "autoregressive" or self.auto_exit:
             return None
         e = self.exit_layer if self.exit_layer is not None else recommended
         if e is None:

@@ -24,7 +24,7 @@ import json
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -276,11 +276,28 @@ def model_costs(model: Transformer, max_tokens: int, draft_head: DraftHead | Non
         costs = _read_costs(path)
         if costs is None:
             reduced = None if draft_head is None or draft_head.ids is None else draft_head.head
-            costs = measure_costs(model, max_tokens, context=64, repeats=3, bandwidth=False, draft_head=reduced)
+            costs = _nondecreasing(measure_costs(model, max_tokens, context=64, repeats=7, bandwidth=False,
+                                                 draft_head=reduced))
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(asdict(costs)))
         per_model[key] = costs
     return per_model[key]
+
+
+def _nondecreasing(costs: LayerCosts) -> LayerCosts:
+    """More tokens never cost less: a count timed high by contention takes the least time of any
+    larger count (the minimum over repeats already drops most of it)."""
+
+    def suffix_min(values: list[float] | None) -> list[float] | None:
+        if values is None:
+            return None
+        out = list(values)
+        for i in range(len(out) - 2, -1, -1):
+            out[i] = min(out[i], out[i + 1])
+        return out
+
+    return replace(costs, layer_s=suffix_min(costs.layer_s), head_s=suffix_min(costs.head_s),
+                   draft_head_s=suffix_min(costs.draft_head_s))
 
 
 def _read_costs(path: Path) -> LayerCosts | None:

@@ -66,6 +66,10 @@ class GenerationResult:
     decode_time_s: float
     total_time_s: float
     stats: SpeculationStats = field(default_factory=SpeculationStats)
+    # Stretches of the output in order: {exit_layer, num_speculations, draft_vocab_size, tokens};
+    # exit_layer None for autoregressive ones. With a fixed setting there is one stretch; with
+    # `--exit-layer auto` one per change, and `exit_layer` is the E that produced most tokens.
+    exit_layer_schedule: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def speculative(self) -> bool:
@@ -94,6 +98,7 @@ class GenerationResult:
             "finish_reason": self.finish_reason,
             "strategy": self.strategy,
             "exit_layer": self.exit_layer,
+            "exit_layer_schedule": self.exit_layer_schedule,
             "decode_tokens_per_second": self.decode_tokens_per_second,
             "time_to_first_token_s": self.time_to_first_token_s,
             "total_time_s": self.total_time_s,

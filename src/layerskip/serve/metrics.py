@@ -32,6 +32,9 @@ class Metrics:
         self.accepted = Counter("layerskip_accepted_tokens", "Drafted tokens the full model accepted", registry=r)
         self.acceptance = Histogram("layerskip_acceptance_rate", "Per-request acceptance rate (self-speculation)",
                                     buckets=_RATE_BUCKETS, registry=r)
+        self.exit_layer_tokens = Counter("layerskip_exit_layer_tokens",
+                                         "Tokens generated per exit layer and k run (none: autoregressive)",
+                                         ["exit_layer", "num_speculations"], registry=r)
         self.stopped = Counter("layerskip_stopped_generations", "Generations stopped early, by reason", ["reason"],
                                registry=r)
         self.request_ttft = Histogram("layerskip_request_time_to_first_token_seconds",
@@ -60,6 +63,9 @@ class Metrics:
         self.generated_tokens.inc(result.num_new_tokens)
         self.ttft.observe(result.time_to_first_token_s)
         self.generation_time.observe(result.total_time_s)
+        for stretch in result.exit_layer_schedule:
+            labels = (str(stretch["exit_layer"]).lower(), str(stretch["num_speculations"]).lower())
+            self.exit_layer_tokens.labels(*labels).inc(stretch["tokens"])
         if result.speculative:
             self.drafted.inc(result.stats.num_drafted)
             self.accepted.inc(result.stats.num_accepted)

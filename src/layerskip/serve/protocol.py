@@ -77,6 +77,7 @@ def usage(done: list[Completed]) -> Usage:
             strategy=first.strategy if first else done[0].task.cfg.strategy,
             exit_layer=first.exit_layer if first else None,
             num_speculations=first.num_speculations if first else None,
+            exit_layer_schedule=first.exit_layer_schedule if first else [],
             drafted_tokens=total.num_drafted,
             accepted_tokens=total.num_accepted,
             verifications=total.num_verifications,

@@ -239,12 +239,24 @@ class DetokenizeRequest(_Strict):
 FinishReason = Literal["stop", "length"]
 
 
+class ScheduleStretch(BaseModel):
+    """Consecutive tokens decoded with one setting; exit_layer None: autoregressive."""
+
+    exit_layer: int | None
+    num_speculations: int | None
+    draft_vocab_size: int | None
+    tokens: int
+
+
 class SpeculationUsage(BaseModel):
-    """This request's draft/verify figures; zeros unless the strategy is self_speculative."""
+    """This request's draft/verify figures; zeros unless the strategy is self_speculative.
+    `exit_layer` is the one that produced most tokens (chosen online unless the request fixed it);
+    `exit_layer_schedule` lists the settings the first choice ran, in order."""
 
     strategy: str
     exit_layer: int | None
     num_speculations: int | None
+    exit_layer_schedule: list[ScheduleStretch] = []
     drafted_tokens: int
     accepted_tokens: int
     verifications: int

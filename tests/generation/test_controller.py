@@ -1,0 +1,226 @@
+"""The online exit-layer controller: switching E, k and the draft head between rounds is lossless
+(greedy tokens equal autoregressive, sampled tokens keep the target distribution), it settles on
+the layer from which drafts are perfect, falls back to autoregressive decoding where drafts
+disagree, and its decisions are reported. Costs are the memory-bound model in weight units and
+measured time is switched off, so every decision here is deterministic."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from layerskip import GenerationConfig, LayerSkipError, generate_ids
+from layerskip.bench.tuned import TunedSetting, model_key, save_tuned
+from layerskip.cli import main
+from layerskip.commands.common import tuned_values
+from layerskip.generation import batch as batch_module
+from layerskip.generation.batch import BatchDecoder, BatchPlan
+from layerskip.generation.config import exit_layer_arg
+from layerskip.generation.controller import AUTOREGRESSIVE, Choice, ExitController, monotone_fit
+from layerskip.generation.costs import memory_bound_costs
+from layerskip.model.loaded import LoadedModel
+from layerskip.model.synthetic import random_model, silence_layers
+
+from ..conftest import char_tokenizer, tiny_config
+from .test_sampling import E2E_BOUND, E2E_SAMPLES, PROMPT, VOCAB, _tv, exact_model_marginals, sampling_config
+
+AUTO = dict(strategy="self_speculative", ignore_eos=True)
+
+
+def decode(lm: LoadedModel, prompts: list[list[int]], cfg: GenerationConfig | list[GenerationConfig],
+           scripted: list | None = None):
+    """Results of `prompts` decoded together by an auto plan (`cfg` one for all or one per row):
+    the real controller on memory-bound costs (untimed), or one that runs the `scripted`
+    (choice, probes) rounds in turn."""
+    cfgs = cfg if isinstance(cfg, list) else [cfg] * len(prompts)
+    cfg = cfgs[0]
+    plan = BatchPlan.of(cfg, lm.config.n_layers, None)
+    costs = memory_bound_costs(lm.config, cfg.num_speculations + 1, draft_vocab_size=32)
+    controller = Scripted(costs, cfg.num_speculations, scripted) if scripted else None
+    decoder = BatchDecoder(lm, len(prompts), max(map(len, prompts)) + cfg.max_new_tokens + 8, plan, costs, controller)
+    decoder.controller.timed = False
+    ids = [decoder.join(p, c) for p, c in zip(prompts, cfgs, strict=True)]
+    results = decoder.take_finished()
+    while decoder.active:
+        decoder.step()
+        results |= decoder.take_finished()
+    return [results[i] for i in ids], decoder.controller
+
+
+class Scripted(ExitController):
+    """Runs the given rounds in a cycle whatever it observes (the shadow counts still flow)."""
+
+    def __init__(self, costs, max_k, script):
+        reduced = any(c.reduced for c, _ in script)
+        super().__init__(costs, max_k, AUTOREGRESSIVE, (False, True) if reduced else (False,), reduced)
+        self.script, self.seen = script, []
+
+    def plan(self):
+        choice, probes = self.script[self.rounds % len(self.script)]
+        self.choice = choice
+        return choice, probes
+
+    def observe(self, ran, probes, shadow, accepted, batch, seconds=None):
+        self.rounds += 1
+        self.seen.append((ran, probes, shadow))
+
+
+@pytest.fixture
+def wide_vocab(monkeypatch):
+    """The tiny models' 105-token vocabulary is large enough for a reduced draft head of 32."""
+    monkeypatch.setattr(batch_module, "AUTO_DRAFT_VOCAB", 32)
+
+
+def perfect_from(e0: int, n_layers: int = 8) -> LoadedModel:
+    """A random model whose layers >= e0 are silenced: drafts from e0 on are always right."""
+    model = random_model(tiny_config(n_layers=n_layers), seed=1, std=0.3)
+    return LoadedModel(silence_layers(model, e0).requires_grad_(False), char_tokenizer(), "perfect", None)
+
+
+SWITCHING = [  # every kind of round, probes in both modes, both draft heads
+    (AUTOREGRESSIVE, (1, 3)),
+    (Choice(1, 2, True), ()),
+    (Choice(3, 4, False), (2,)),  # a probe below E is skipped by the verification, not an error
+    (Choice(2, 1, True), (3,)),
+    (AUTOREGRESSIVE, ()),
+    (Choice(3, 6, True), ()),
+]
+
+
+def test_switching_every_round_equals_autoregressive(tiny, wide_vocab):
+    prompts = [tiny.tokenizer(t).input_ids for t in ("def f(x):", "hello world", "a")]
+    cfg = GenerationConfig(max_new_tokens=40, num_speculations=6, **AUTO)
+    results, controller = decode(tiny, prompts, cfg, SWITCHING)
+    ar = [generate_ids(tiny, p, GenerationConfig(max_new_tokens=40, ignore_eos=True)).token_ids for p in prompts]
+    assert [r.token_ids for r in results] == ar
+    kinds = {(e["exit_layer"], e["num_speculations"], e["draft_vocab_size"]) for e in results[0].exit_layer_schedule}
+    assert kinds == {(None, None, None), (1, 2, 32), (3, 4, None), (2, 1, 32), (3, 6, 32)}
+    assert sum(e["tokens"] for e in results[0].exit_layer_schedule) == 40
+    probed = [s for _, p, s in controller.seen if p]
+    assert all(len(s) == len(p) + 2 for (_, p, _), s in zip([x for x in controller.seen if x[1]], probed,
+                                                              strict=True))
+
+
+def test_shadow_exits_count_what_the_layers_agree_on(wide_vocab):
+    """On a model perfect from layer 2 every shadow exit at layer >= 2 agrees wherever the target is
+    in the reduced head's vocabulary: agreements equal the covered count."""
+    lm = perfect_from(2, n_layers=4)
+    script = [(AUTOREGRESSIVE, (2, 3)), (Choice(1, 3, True), (2, 3))]
+    _, controller = decode(lm, [[5, 6, 7]], GenerationConfig(max_new_tokens=30, **AUTO), script)
+    for _, probes, shadow in controller.seen:
+        *agree, compared, covered = shadow
+        assert compared > 0 and agree == [covered] * len(probes)
+
+
+def test_sampling_keeps_the_target_distribution_while_switching():
+    """Tokens 2 and 3 of seeded rows (8 per batch) that switch E, k and autoregressive decoding
+    every round keep the exact autoregressive marginals (tests/generation/test_batch.py shows the
+    same measurement failing with a wrong acceptance rule)."""
+    model = random_model(tiny_config(vocab_size=VOCAB, n_layers=3, dim=32, n_heads=2, n_kv_heads=1,
+                                     intermediate_size=64), seed=3, std=0.5)
+    lm = LoadedModel(model.requires_grad_(False), char_tokenizer(), "small-vocab", None)
+    script = [(Choice(1, 1), ()), (Choice(2, 2), (1,)), (AUTOREGRESSIVE, (1, 2))]
+    base = sampling_config("temperature")
+    cfg = GenerationConfig(**{**base.__dict__, "exit_layer": None, "num_speculations": 2})
+
+    counts = torch.zeros(2, VOCAB)
+    for b in range(E2E_SAMPLES // 8):
+        rows = [replace(cfg, seed=8 * b + r) for r in range(8)]
+        for result in decode(lm, [PROMPT] * 8, rows, script)[0]:
+            counts[0, result.token_ids[1]] += 1
+            counts[1, result.token_ids[2]] += 1
+    emp2, emp3 = counts / (8 * (E2E_SAMPLES // 8))
+    exact2, exact3 = exact_model_marginals(lm.model, cfg)
+    assert _tv(emp2, exact2) < E2E_BOUND and _tv(emp3, exact3) < E2E_BOUND
+
+
+@pytest.mark.parametrize("e0", [3, 5])
+def test_controller_settles_on_the_perfect_layer(e0):
+    lm = perfect_from(e0)
+    cfg = GenerationConfig(max_new_tokens=60, **AUTO)
+    (result,), controller = decode(lm, [[5, 6, 7, 8]], cfg)
+    assert result.token_ids == generate_ids(lm, [5, 6, 7, 8], GenerationConfig(max_new_tokens=60,
+                                                                                ignore_eos=True)).token_ids
+    assert result.exit_layer == e0  # k is the cost model's: a late E makes drafts dear
+    assert result.exit_layer_schedule[0]["exit_layer"] is None  # it starts autoregressive, probing
+    assert result.stats.acceptance_rate == 1.0
+
+
+def test_controller_stays_autoregressive_when_drafts_disagree(small_vocab_lm):
+    (result,), controller = decode(small_vocab_lm, [PROMPT], GenerationConfig(max_new_tokens=40, **AUTO))
+    assert result.exit_layer is None and result.num_speculations is None
+    assert [e["exit_layer"] for e in result.exit_layer_schedule] == [None]
+    assert controller.rounds == 39 and controller.switches == 0
+
+
+@pytest.fixture
+def small_vocab_lm() -> LoadedModel:
+    """Two layers whose exit at 1 rarely agrees with the last (test_sampling's small_vocab)."""
+    model = random_model(tiny_config(vocab_size=VOCAB, n_layers=2, dim=32, n_heads=2, n_kv_heads=1,
+                                     intermediate_size=64), seed=3, std=0.5)
+    return LoadedModel(model.requires_grad_(False), char_tokenizer(), "small-vocab", None)
+
+
+def test_a_start_setting_is_used_from_the_first_round():
+    lm = perfect_from(3)
+    cfg = GenerationConfig(max_new_tokens=30, auto_start=(4, 2), **AUTO)
+    (result,), _ = decode(lm, [[5, 6, 7]], cfg)
+    first = result.exit_layer_schedule[0]
+    assert (first["exit_layer"], first["num_speculations"]) == (4, 2)
+
+
+def test_monotone_fit_pools_violators_and_equal_runs():
+    fit = monotone_fit([0, 1, 0, 2, 2, 2], [0, 1, 3, 2, 2, 2])
+    assert fit[0] is None
+    assert fit[1] == fit[2] == (1 / 5, 4)  # 1/1 then 0/3 violate: pooled, shrunk by one miss
+    assert fit[3] == fit[4] == fit[5] == (6 / 7, 6)  # a run that agrees everywhere pools its evidence
+
+
+def test_expected_rates_follow_the_cost_model():
+    costs = memory_bound_costs(tiny_config(n_layers=8), 7)
+    c = ExitController(costs, 6, AUTOREGRESSIVE, (False,), shadow_reduced=False)
+    c.hits[4], c.trials[4] = 40.0, 40.0
+    rates = c.expected_rates()
+    p = 40 / 41
+    tokens = sum(p**i for i in range(7))
+    assert rates[Choice(4, 6)] == pytest.approx(tokens / costs.round_s(4, 6))
+    assert rates[AUTOREGRESSIVE] == pytest.approx(1 / costs.forward_s(8, 1))
+    assert Choice(3, 1) not in rates  # never observed
+
+
+def test_plan_admits_only_requests_of_its_kind():
+    n = 4
+    auto = BatchPlan.of(GenerationConfig(strategy="self_speculative"), n, None)
+    fixed = BatchPlan.of(GenerationConfig(strategy="self_speculative", exit_layer=2), n, None)
+    assert auto.auto and auto.exit_layer is None and not fixed.auto
+    assert "chosen online" in auto.admits(GenerationConfig(strategy="self_speculative", exit_layer=2))
+    assert "fixed at 2" in fixed.admits(GenerationConfig(strategy="self_speculative", exit_layer="auto"))
+    assert auto.admits(GenerationConfig(strategy="self_speculative", exit_layer="auto")) is None
+    assert BatchPlan.of(GenerationConfig(strategy="self_speculative"), n, 2).start == (2, 6)  # the recommendation
+    with pytest.raises(LayerSkipError, match="auto"):
+        GenerationConfig(strategy="early_exit", exit_layer="auto")
+    with pytest.raises(LayerSkipError, match="outside"):
+        BatchPlan.of(GenerationConfig(strategy="self_speculative", auto_start=(4, 2)), n, None)
+    assert exit_layer_arg("auto") == "auto" and exit_layer_arg("7") == 7
+    with pytest.raises(LayerSkipError):
+        exit_layer_arg("seven")
+
+
+def test_generate_json_reports_the_schedule(capsys, tiny_dir):
+    rc = main(["generate", "--model", str(tiny_dir), "--prompt", "hello", "--max-new-tokens", "12", "--ignore-eos",
+               "--strategy", "self_speculative", "--json"])
+    d = json.loads(capsys.readouterr().out)
+    assert rc == 0 and sum(s["tokens"] for s in d["exit_layer_schedule"]) == d["num_new_tokens"] == 12
+    assert set(d["exit_layer_schedule"][0]) == {"exit_layer", "num_speculations", "draft_vocab_size", "tokens"}
+
+
+def test_tuned_setting_is_the_start(tiny_dir):
+    from layerskip.cli import build_parser
+
+    save_tuned(TunedSetting(model_key(str(tiny_dir), "float32", "cpu"), 3, 4, 1.4, 0.8, True, "code", 16))
+    args = build_parser("generate").parse_args(["generate", "--model", str(tiny_dir), "--prompt", "x", "--strategy",
+                                      "self_speculative"])
+    assert tuned_values(args) == {"exit_layer": "auto", "num_speculations": 6, "auto_start": (3, 4)}
+    args.exit_layer = 2  # a fixed E is honoured, k from the tuned file
+    assert tuned_values(args) == {"exit_layer": 2, "num_speculations": 4}
