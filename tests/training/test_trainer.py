@@ -76,7 +76,8 @@ def test_sigkill_after_checkpoint_then_resume_matches_an_uninterrupted_run(tmp_p
 
 def test_full_finetune_export_loads(tmp_path):
     cfg = load_config(TINY, [f"run.output_dir={tmp_path}", "optim.max_steps=3", "run.progress=false",
-                             "model.tokenizer=default", "model.init.vocab_size=49152", "run.recommended_exit_layer=2",
+                             "model.tokenizer=default", "model.init.vocab_size=49152", "optim.batch_size=2",
+                             "run.recommended_exit_layer=2",
                              "run.eval_at_start=false", "data.max_eval_tokens=256"])
     result = train(cfg)
     loaded = load_model(str(result.output))
