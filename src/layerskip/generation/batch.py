@@ -444,13 +444,13 @@ class BatchDecoder:
             row.k = next_k(row.cfg.num_speculations, len(drafted), n_acc)
 
 
-AUTO_DRAFT_VOCAB = 8192  # the reduced head the controller may draft with (and shadows with)
+AUTO_DRAFT_VOCAB = 8192  # the reduced head the controller shadows with
 
 
 def draft_heads(model: torch.nn.Module, plan: BatchPlan) -> dict[bool, DraftHead]:
     """The draft heads a batch may use, keyed by "reduced vocabulary": the configured one; with
     `auto` and none configured, the full head and, on a large vocabulary, one over the
-    AUTO_DRAFT_VOCAB most frequent tokens (the controller picks between them)."""
+    AUTO_DRAFT_VOCAB most frequent tokens (the controller's shadow exits use it)."""
     cfg = plan.draft_cfg
     head = configured_draft_head(model, cfg)
     heads = {head.ids is not None: head}
@@ -461,14 +461,15 @@ def draft_heads(model: torch.nn.Module, plan: BatchPlan) -> dict[bool, DraftHead
 
 
 def controller_for(plan: BatchPlan, costs: LayerCosts, heads: dict[bool, DraftHead]) -> ExitController:
-    """The controller of an auto plan: it starts at the plan's (E, k), drafting with the reduced
-    head where there is one, and shadows with the cheapest head."""
-    reduced = max(heads)
+    """The controller of an auto plan: it starts at the plan's (E, k) and shadows with the cheapest
+    head. It drafts with the configured head; with none configured, with the full one: a reduced
+    head fails in bursts (identifiers outside its vocabulary), which its shadow estimate misses."""
+    drafting = min(heads) if len(heads) > 1 else max(heads)
     start = None
     if plan.start is not None:
         e, k = plan.start
-        start = AUTOREGRESSIVE if e is None else Choice(e, min(k, plan.num_speculations), reduced)
-    return ExitController(costs, plan.num_speculations, start, tuple(heads), shadow_reduced=reduced)
+        start = AUTOREGRESSIVE if e is None else Choice(e, min(k, plan.num_speculations), drafting)
+    return ExitController(costs, plan.num_speculations, start, (drafting,), shadow_reduced=max(heads))
 
 
 def _extend(schedule: list[list], segment: tuple, tokens: int) -> None:
