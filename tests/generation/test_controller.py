@@ -20,6 +20,7 @@ from layerskip.generation.config import exit_layer_arg
 from layerskip.generation.controller import AUTOREGRESSIVE, Choice, ExitController, monotone_fit
 from layerskip.generation.costs import memory_bound_costs
 from layerskip.model.loaded import LoadedModel
+from layerskip.model.packing import ColumnLinear
 from layerskip.model.synthetic import random_model, silence_layers
 
 from ..conftest import char_tokenizer, tiny_config
@@ -224,3 +225,17 @@ def test_tuned_setting_is_the_start(tiny_dir):
     assert tuned_values(args) == {"exit_layer": "auto", "num_speculations": 6, "auto_start": (3, 4)}
     args.exit_layer = 2  # a fixed E is honoured, k from the tuned file
     assert tuned_values(args) == {"exit_layer": 2, "num_speculations": 4}
+
+
+@pytest.mark.parametrize("tied_lm", ["stays_autoregressive", "speculates"])
+def test_tied_head_is_laid_out_for_the_mode_the_controller_settles_in(tied_lm, small_vocab_lm):
+    """One row per product for autoregressive rounds, k+1 for verifications (packing.py): an auto
+    decoder that falls back must not keep the verification's layout (slower for one row)."""
+    if tied_lm == "speculates":
+        lm, prompt, speculating = perfect_from(3), [5, 6, 7, 8], True
+    else:
+        lm, prompt, speculating = small_vocab_lm, PROMPT, False
+    lm.model.output.weight = lm.model.tok_embeddings.weight
+    (result,), controller = decode(lm, [prompt], GenerationConfig(max_new_tokens=40, **AUTO))
+    assert controller.choice.speculative is speculating
+    assert isinstance(lm.model.output, ColumnLinear) is speculating

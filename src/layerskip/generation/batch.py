@@ -39,6 +39,7 @@ from layerskip.generation.self_speculative import Draft, next_k
 from layerskip.generation.steps import prefill, prepare_for_decoding, steps_for
 from layerskip.model.llama import positions
 from layerskip.model.loaded import LoadedModel
+from layerskip.model.packing import lay_out_tied_head
 
 
 @dataclass
@@ -127,6 +128,8 @@ class BatchDecoder:
         if speculative and not plan.auto:
             self.static = Choice(plan.exit_layer, plan.num_speculations, max(self.heads))
         prepare_for_decoding(model, self.max_seq_len, plan.num_speculations + 1 if speculative else 0, capacity)
+        self.head_speculative = True  # what the tied head is laid out for (prepare: verifications)
+        self._lay_out_head()
         self.steps = steps_for(model, loaded.compile)
         self.rows: list[Row | None] = [None] * capacity
         with torch.inference_mode():  # like every later value of them, so compiled steps see one kind
@@ -266,6 +269,7 @@ class BatchDecoder:
         if self.plan.strategy != "self_speculative":
             self._decode_round()
             return
+        self._lay_out_head()
         batch, start = len(self.active), time.perf_counter()
         choice, probes = self.controller.plan() if self.controller is not None else (self.static, ())
         self.segment = self._segment(choice)
@@ -277,6 +281,17 @@ class BatchDecoder:
         if self.controller is not None:  # the round's host sync is behind us: wall time is device time
             self.controller.observe(choice, probes, shadow, accepted, batch, time.perf_counter() - start)
         self.segment = self._segment(self.choice)
+
+    def _lay_out_head(self) -> None:
+        """A tied head's fastest layout depends on its rows (packing.py): one per row for
+        autoregressive rounds, k+1 per row for verifications. Follow the settled choice (not a
+        probe's one round), so the head is re-laid only when the controller changes mode."""
+        speculative = self.choice.speculative
+        if self.controller is None or speculative == self.head_speculative:
+            return
+        rows = self.capacity * (self.plan.num_speculations + 1 if speculative else 1)
+        lay_out_tied_head(self.model, self.model.tok_embeddings.weight, rows)
+        self.head_speculative = speculative
 
     @property
     def _end_layer(self) -> int | None:

@@ -216,6 +216,15 @@ def pack_for_decoding(
 
 
 @torch.no_grad()
+def lay_out_tied_head(model: nn.Module, tied: Tensor, rows: int) -> None:
+    """Lay out only the head tied to `tied` for products of `rows` rows (a decoder switching between
+    autoregressive rounds and verifications). Idempotent: no copy when the layout is already right."""
+    for parent, name in module_slots(model, nn.Linear):
+        if getattr(parent, name).weight is tied:
+            _tied_head_layout(parent, name, rows)
+
+
+@torch.no_grad()
 def unpack(model: nn.Module) -> None:
     """Swap every PackedLinear back for an nn.Linear holding the same values."""
     for parent, name in module_slots(model, PackedLinear):
