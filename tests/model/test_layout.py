@@ -120,3 +120,15 @@ def test_the_layout_follows_the_rows_of_each_product_and_goes_back():
         assert isinstance(model.layers[0].feed_forward.w13, PackedLinear) == packs
         assert w.stride() == (1, w.shape[0])
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_layers_only_verifications_run_are_laid_out_for_their_rows():
+    """A fixed exit E: drafts run layers < E one row at a time, verifications layers >= E over k+1
+    rows, so on a CPU whose one-row and many-row kernels differ each part gets its own layout."""
+    model = random_model(tiny_config(n_layers=4, tie_word_embeddings=True), std=0.2)
+    multi = packing._packs(model.layers[0].feed_forward.w13.weight, 7)
+    single = packing._packs(model.layers[0].feed_forward.w13.weight, 1)
+    with torch.no_grad():
+        prepare_for_decoding(model, 32, exit_query_len=7, exit_layer=2)
+    kinds = [isinstance(layer.feed_forward.w13, PackedLinear) for layer in model.layers]
+    assert kinds == [single, single, multi, multi]

@@ -127,7 +127,8 @@ class BatchDecoder:
         self.static = AUTOREGRESSIVE  # what a round without a controller runs
         if speculative and not plan.auto:
             self.static = Choice(plan.exit_layer, plan.num_speculations, max(self.heads))
-        prepare_for_decoding(model, self.max_seq_len, plan.num_speculations + 1 if speculative else 0, capacity)
+        prepare_for_decoding(model, self.max_seq_len, plan.num_speculations + 1 if speculative else 0, capacity,
+                             self.static.exit_layer)
         self.head_speculative = True  # what the tied head is laid out for (prepare: verifications)
         self._lay_out_head()
         self.steps = steps_for(model, loaded.compile)

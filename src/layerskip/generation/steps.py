@@ -25,11 +25,17 @@ from layerskip.model.llama import Transformer
 from layerskip.model.packing import pack_for_decoding
 
 
-def prepare_for_decoding(model: Transformer, max_seq_len: int, exit_query_len: int = 0, batch: int = 1) -> None:
+def prepare_for_decoding(
+    model: Transformer, max_seq_len: int, exit_query_len: int = 0, batch: int = 1, exit_layer: int | None = None
+) -> None:
     """Caches for `batch` rows of `max_seq_len` positions, and the weights in their decoding layout
-    for products of `batch` rows (packing.py)."""
+    (packing.py): for products of `batch` rows, and of a verification's `batch * exit_query_len`
+    rows in the head and, with a fixed `exit_layer`, in the layers from it on (only verifications
+    run those; drafts run the layers below it one token per row)."""
     model.setup_caches(max_seq_len, exit_query_len, batch)
-    pack_for_decoding(model, tied=model.tok_embeddings.weight, rows=batch, head_rows=batch * max(exit_query_len, 1))
+    verified = model.layers[exit_layer:] if exit_layer is not None and exit_query_len else ()
+    pack_for_decoding(model, tied=model.tok_embeddings.weight, rows=batch, head_rows=batch * max(exit_query_len, 1),
+                      verified=verified)
 
 
 def prefill(

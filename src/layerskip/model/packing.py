@@ -32,7 +32,7 @@ import ctypes
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -191,28 +191,36 @@ def _return_freed_memory() -> None:
 
 @torch.no_grad()
 def pack_for_decoding(
-    model: nn.Module, tied: Tensor | None = None, rows: int = 1, head_rows: int | None = None
+    model: nn.Module, tied: Tensor | None = None, rows: int = 1, head_rows: int | None = None,
+    verified: Iterable[nn.Module] = (),
 ) -> None:
     """Lay out every linear layer for products of `rows` rows: pack the float32/bfloat16 CPU ones
     where oneDNN is faster, except one whose weight is `tied`, laid out for products of `head_rows`
     rows (default `rows`; a verification's k+1); unpack those packed for another row count that are
-    not. Idempotent."""
+    not. Linear layers inside `verified` (the layers above a fixed exit, which only verifications
+    run) are laid out for `head_rows` rows too. Idempotent."""
+    many = rows if head_rows is None else head_rows
+    in_verified = {id(m) for block in verified for m in block.modules()}
+
+    def rows_of(parent: nn.Module) -> int:
+        return many if id(parent) in in_verified else rows
+
     for parent, name in module_slots(model, PackedLinear):
         packed = getattr(parent, name)
-        if not _packs(packed.weight, rows):
+        if not _packs(packed.weight, rows_of(parent)):
             setattr(parent, name, _linear(packed.weight.to_dense(), packed.trainable))
             del packed
             _return_freed_memory()
     for parent, name in module_slots(model, nn.Linear):
         linear = getattr(parent, name)
         if linear.weight is tied:
-            _tied_head_layout(parent, name, rows if head_rows is None else head_rows)
-        elif linear.bias is None and _packs(linear.weight, rows):
+            _tied_head_layout(parent, name, many)
+        elif linear.bias is None and _packs(linear.weight, rows_of(parent)):
             setattr(parent, name, PackedLinear(linear.weight))
             del linear
             _return_freed_memory()
         else:
-            plain_layout(linear.weight, rows)
+            plain_layout(linear.weight, rows_of(parent))
 
 
 @torch.no_grad()
