@@ -1,8 +1,9 @@
 import json
+from dataclasses import replace
 
 import pytest
 
-from layerskip.bench.tuned import load_tuned
+from layerskip.bench.tuned import load_tuned, save_tuned
 from layerskip.cli import main
 
 pytestmark = pytest.mark.usefixtures("restore_threads")
@@ -19,11 +20,16 @@ def test_tune_writes_what_generate_picks_up(tiny_dir, tmp_path, monkeypatch, cap
     tuned = load_tuned(str(tiny_dir), "float32", "cpu")
     assert tuned is not None and 1 <= tuned.exit_layer <= 3 and 1 <= tuned.num_speculations <= 3
     assert json.loads((tmp_path / "t" / "tune.json").read_text())["chosen"]["exit_layer"] == tuned.exit_layer
-    assert main(["generate", "--model", str(tiny_dir), "--prompt", "hi", "--max-new-tokens", "4",
-                 "--strategy", "self_speculative", "--json"]) == 0
-    gen = json.loads(capsys.readouterr().out)
-    assert (gen["exit_layer"], gen["num_speculations"]) == (tuned.exit_layer, tuned.num_speculations)
-    # tuned in float32: a bfloat16 run falls back to the defaults (k=6, E from the model)
+    # the tuned (E, k) is where the controller starts (autoregressive when tune found nothing pays;
+    # the tiny random model's verdict may go either way, so both are checked)
+    for beats in (tuned.beats_autoregressive, not tuned.beats_autoregressive):
+        save_tuned(replace(tuned, beats_autoregressive=beats))
+        assert main(["generate", "--model", str(tiny_dir), "--prompt", "hi", "--max-new-tokens", "4",
+                     "--strategy", "self_speculative", "--json"]) == 0
+        first = json.loads(capsys.readouterr().out)["exit_layer_schedule"][0]
+        start = (tuned.exit_layer, tuned.num_speculations) if beats else (None, None)
+        assert (first["exit_layer"], first["num_speculations"]) == start
+    # tuned in float32: a bfloat16 run has no starting point, so its controller first probes autoregressively
     assert main(["generate", "--model", str(tiny_dir), "--prompt", "hi", "--max-new-tokens", "4", "--dtype",
                  "bfloat16", "--strategy", "self_speculative", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["num_speculations"] == 6
+    assert json.loads(capsys.readouterr().out)["exit_layer_schedule"][0]["exit_layer"] is None
