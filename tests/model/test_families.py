@@ -1,12 +1,18 @@
 """Qwen2, Qwen3, Mistral and Gemma 3 as configurations of our one block: parity with HF
-transformers on tiny random checkpoints saved by transformers itself, early exits, self-speculation."""
+transformers on tiny random checkpoints saved by transformers itself, early exits, self-speculation,
+batched decoding and the LayerSkip training objective."""
+
+import copy
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, Gemma3TextConfig, MistralConfig, Qwen2Config, Qwen3Config
 
-from layerskip import GenerationConfig, generate_ids, load_model
+from layerskip import GenerationConfig, generate_batch_ids, generate_ids, load_model
+from layerskip.model.packing import unpack
 from layerskip.model.saving import save_pretrained
+from layerskip.training.config import EarlyExitSection
+from layerskip.training.objective import LayerSkipObjective, StepPlan
 from tests.conftest import char_tokenizer
 
 WINDOW = 8  # shorter than the prompts below, so the sliding layers' masks matter
@@ -97,3 +103,42 @@ def test_saved_checkpoint_loads_in_hf_as_the_same_family(family, tmp_path):
     ids = torch.randint(3, 100, (1, 3 * WINDOW), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         assert (reloaded(ids).logits - hf(ids).logits).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("strategy", ["autoregressive", "self_speculative"])
+def test_batched_rows_equal_single_sequences(family, strategy):
+    """Ragged rows, some longer than the sliding window, each with its own length."""
+    ours, _ = family
+    prompts = [_prompt(6, 3), _prompt(7, 2 * WINDOW), _prompt(8, WINDOW + 1)]
+    cfgs = [GenerationConfig(strategy=strategy, exit_layer=2, num_speculations=3, max_new_tokens=n, ignore_eos=True)
+            for n in (20, 12, 16)]
+    batched = generate_batch_ids(ours, prompts, cfgs)
+    assert [r.token_ids for r in batched] == [generate_ids(ours, p, c).token_ids for p, c in zip(prompts, cfgs)]
+
+
+def test_training_objective_runs_the_family_block_and_learns(family):
+    """The objective's own layer loop (with layer dropout) gives the model's logits at every exit
+    when nothing is dropped, and a few steps on every exit lower the loss of a fixed batch."""
+    ours, _ = family
+    model = copy.deepcopy(ours.model)
+    unpack(model)  # decoding may have packed it (training refuses packed layers)
+    model.train().requires_grad_(True)
+    n = model.n_layers
+    objective = LayerSkipObjective(model, EarlyExitSection(enabled=True, chunk_tokens=16))
+    tokens = torch.randint(3, 100, (2, 2 * WINDOW + 3), generator=torch.Generator().manual_seed(9))
+    exits = list(range(1, n + 1))
+    with torch.no_grad():
+        hidden = objective.hidden_states(tokens, StepPlan(exits, [1.0] * n, [0.0] * n))
+        for e in (1, n):
+            torch.testing.assert_close(model.exit_logits(hidden[e]), model(tokens, end_layer=e), atol=1e-4, rtol=1e-4)
+    plan = StepPlan(exits, [1.0 / n] * n, [0.1 * i / n for i in range(n)])
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    losses = []
+    for _ in range(6):
+        loss = objective(tokens[:, :-1], tokens[:, 1:], plan).loss
+        opt.zero_grad()
+        loss.backward()
+        assert all(p.grad is not None for p in model.layers.parameters())
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
