@@ -35,8 +35,8 @@ from pathlib import Path
 import torch
 
 from layerskip import GenerationConfig, generate_ids, load_model
-from layerskip.bench.cost_model import measure_costs, measure_read_bandwidth, weight_bytes
 from layerskip.cache_paths import cache_root, file_key
+from layerskip.generation.costs import measure_costs, measure_read_bandwidth, weight_bytes
 from layerskip.model.loaded import LoadedModel
 from layerskip.model.quantize import quantize
 from layerskip.model.synthetic import silence_layers

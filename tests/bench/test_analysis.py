@@ -1,8 +1,8 @@
 import pytest
 
 from layerskip.bench.analysis import analyze, layer_statistics, text_ids
-from layerskip.bench.cost_model import memory_bound_costs
 from layerskip.bench.data import load_dataset
+from layerskip.generation.costs import memory_bound_costs
 from tests.conftest import PERFECT_FROM
 
 

@@ -1,12 +1,12 @@
 import pytest
 
-from layerskip.bench.cost_model import (
+from layerskip.errors import LayerSkipError
+from layerskip.generation.costs import (
     LayerCosts,
     acceptance_from_mean_length,
     expected_tokens_per_round,
     measure_costs,
 )
-from layerskip.errors import LayerSkipError
 
 
 def unit_costs(n_layers: int = 10, max_tokens: int = 5, call_s: float = 0.0) -> LayerCosts:

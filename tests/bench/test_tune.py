@@ -3,12 +3,12 @@ on a fake clock, so the same inputs always choose the same setting."""
 
 import pytest
 
-from layerskip.bench.cost_model import LayerCosts, memory_bound_costs
 from layerskip.bench.data import load_dataset
 from layerskip.bench.tune import Candidate, TuneConfig, TuneResult, choose, tune, verdict
 from layerskip.bench.tuned import TunedSetting
 from layerskip.errors import LayerSkipError
 from layerskip.generation.config import GenerationConfig
+from layerskip.generation.costs import LayerCosts, memory_bound_costs
 from layerskip.generation.output import SpeculationStats
 from tests.conftest import PERFECT_FROM
 

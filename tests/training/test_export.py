@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from layerskip.bench.cost_model import memory_bound_costs
 from layerskip.errors import LayerSkipError
+from layerskip.generation.costs import memory_bound_costs
 from layerskip.model.config import ModelConfig
 from layerskip.model.llama import Transformer
 from layerskip.training.export import estimated_speedup, recommend_exit, save_model

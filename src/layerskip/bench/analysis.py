@@ -12,8 +12,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from layerskip.bench.cost_model import LayerCosts, measure_costs
 from layerskip.bench.data import Dataset
+from layerskip.generation.costs import LayerCosts, measure_costs
 from layerskip.model.llama import Transformer
 from layerskip.model.loaded import LoadedModel
 

@@ -10,12 +10,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from layerskip.bench.analysis import Analysis, analyze
-from layerskip.bench.cost_model import LayerCosts, acceptance_from_mean_length, measure_costs
 from layerskip.bench.data import Dataset
 from layerskip.bench.runner import ArmSummary, ProgressCallback, Sample, make_arms, run_arms, summarize
 from layerskip.bench.tuned import TunedSetting
 from layerskip.errors import LayerSkipError
 from layerskip.generation.config import GenerationConfig
+from layerskip.generation.costs import LayerCosts, acceptance_from_mean_length, measure_costs
 from layerskip.model.loaded import LoadedModel
 
 

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from layerskip.bench.cost_model import memory_bound_costs
 from layerskip.errors import LayerSkipError
+from layerskip.generation.costs import memory_bound_costs
 from layerskip.model.config import ModelConfig
 from layerskip.model.llama import Transformer
 from layerskip.model.saving import save_pretrained
