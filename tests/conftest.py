@@ -3,27 +3,31 @@ embedded SmolLM2 loaded once per session."""
 
 from __future__ import annotations
 
+import os
 import string
 from pathlib import Path
 
 import pytest
 import torch
 
-from layerskip.cache_paths import cache_root
+from layerskip.cache_paths import cache_root, file_key
 from layerskip.model.config import ModelConfig, RopeScaling
 from layerskip.model.loaded import LoadedModel
 from layerskip.model.loading import load_model
 from layerskip.model.saving import save_pretrained
 from layerskip.model.synthetic import random_model, silence_layers
 
+HF_REFERENCE = "hf-reference"  # the cache's directory for smollm2_hf
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _own_cache(tmp_path_factory):
     """$LAYERSKIP_CACHE is a fresh directory per session, so no setting the developer tuned changes
-    a default. The dequantised weights and the tokenizers are linked in from the usual cache: they
-    are keyed by file and change nothing but load time (SmolLM2 stays warm across sessions)."""
+    a default. The dequantised weights, the tokenizers and HF's reading of SmolLM2 are linked in
+    from the usual cache: they are keyed by file and change nothing but load time (SmolLM2 stays
+    warm across sessions)."""
     usual, own = cache_root(), tmp_path_factory.mktemp("layerskip-cache")
-    for name in ("weights", "tokenizers"):  # model/weight_cache.py, model/loading.py
+    for name in ("weights", "tokenizers", HF_REFERENCE):  # model/weight_cache.py, model/loading.py, smollm2_hf
         try:
             (usual / name).mkdir(parents=True, exist_ok=True)
             (own / name).symlink_to(usual / name, target_is_directory=True)
@@ -119,10 +123,37 @@ def smollm2() -> LoadedModel:
     return load_model()
 
 
-@pytest.fixture(scope="session")
-def smollm2_hf(smollm2):
-    """HF transformers' LlamaForCausalLM loaded from the same GGUF file: the parity reference."""
+def _save_hf_reading(gguf: Path, saved: Path) -> None:
+    """HF's own reading of `gguf` (its GGUF parser, ~30 s on one core), saved as config.json and
+    safetensors. HF refuses to save a model it read from GGUF, so the state dict is written directly."""
+    import json
+    import shutil
+
+    from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM
 
-    path = smollm2.path
-    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)  # the weights are dequantised float32
+    tmp = saved.with_name(f"{saved.name}.{os.getpid()}.tmp")
+    tmp.mkdir(parents=True)
+    (tmp / "config.json").write_text(json.dumps(config))
+    save_model(model, str(tmp / "model.safetensors"))  # the tied head is stored once
+    try:
+        tmp.rename(saved)  # whole or not at all
+    except OSError:  # another session saved it first
+        shutil.rmtree(tmp)
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf(smollm2):
+    """HF transformers' LlamaForCausalLM as HF reads the same GGUF file: the parity reference.
+    HF's reading is kept in the cache, keyed by the file and the transformers version, and every
+    session (the first too) loads it from there in about a second."""
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    saved = cache_root() / HF_REFERENCE / f"{file_key(smollm2.path)}-{transformers.__version__}"
+    if not (saved / "model.safetensors").is_file():
+        _save_hf_reading(smollm2.path, saved)
+    return AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32).eval()
