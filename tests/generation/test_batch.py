@@ -87,14 +87,18 @@ def test_rows_joining_and_leaving_mid_flight_change_no_row(tiny):
 
 
 def test_real_model_rows_equal_single_sequences(smollm2):
+    """The rows of both strategies equal each prompt's single-sequence autoregressive output (which
+    single-sequence self-speculation equals too: test_self_speculative), so one reference serves both."""
     texts = ["def fibonacci(n):", "The capital of France is", "import numpy as np\n"]
     prompts = [smollm2.tokenizer(t).input_ids for t in texts]
-    for strategy in ("autoregressive", "self_speculative"):
-        cfgs = [GenerationConfig(strategy=strategy, exit_layer=26, num_speculations=2, max_new_tokens=6 + 4 * i)
+
+    def configs(strategy: str) -> list[GenerationConfig]:
+        return [GenerationConfig(strategy=strategy, exit_layer=26, num_speculations=2, max_new_tokens=6 + 4 * i)
                 for i in range(len(prompts))]
-        batch = generate_batch_ids(smollm2, prompts, cfgs)
-        assert [b.token_ids for b in batch] == [generate_ids(smollm2, p, c).token_ids
-                                                for p, c in zip(prompts, cfgs, strict=True)]
+
+    single = [generate_ids(smollm2, p, c).token_ids for p, c in zip(prompts, configs("autoregressive"), strict=True)]
+    for strategy in ("autoregressive", "self_speculative"):
+        assert [b.token_ids for b in generate_batch_ids(smollm2, prompts, configs(strategy))] == single
 
 
 def test_text_prompts_and_mismatched_settings(tiny):
