@@ -2,17 +2,21 @@
 middle of a reply (the chat goes on), /exit."""
 
 import os
+import platform
 import pty
 import signal
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from layerskip.cli import main
 from tests.conftest import make_model_dir
 
-REPLY = 120  # tokens per reply (~1 s here): Ctrl-C sent at its first characters lands well inside it
+REPLY = 8  # tokens per reply
+XOFF, XON = "\x13", "\x11"  # the terminal's stop and start of output (Ctrl-S, Ctrl-Q)
+WRITE = {"aarch64": "64"}.get(platform.machine(), "1")  # write(2)'s number in /proc/PID/syscall (x86_64: 1)
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +46,18 @@ class Terminal:
     def send(self, line: str) -> None:
         os.write(self.fd, (line + "\n").encode())
 
+    def interrupt_first_write(self, line: str) -> None:
+        """Send `line` with the terminal's output stopped, so that the reply's first token blocks the
+        chat in write(2); Ctrl-C (SIGINT) then lands inside the reply whatever the machine's load."""
+        os.write(self.fd, XOFF.encode())
+        self.send(line)
+        deadline = time.monotonic() + 120.0
+        while Path(f"/proc/{self.pid}/syscall").read_text().split()[0] != WRITE:
+            assert time.monotonic() < deadline, "the reply never wrote"
+            time.sleep(0.01)
+        os.kill(self.pid, signal.SIGINT)
+        os.write(self.fd, XON.encode())
+
     def close(self) -> int:
         _, status = os.waitpid(self.pid, 0)
         os.close(self.fd)
@@ -60,10 +76,7 @@ def test_two_turns_reset_ctrl_c_mid_reply_and_exit(chat_model):
     term.expect(">>> ")
     term.send("/reset")
     assert "(conversation reset)" in term.expect(">>> ")
-    term.send("a reply to stop")
-    term.expect("a reply to stop")  # the pty's echo of our line
-    term.seen += os.read(term.fd, 4096).decode(errors="replace")  # the reply has begun
-    os.kill(term.pid, signal.SIGINT)
+    term.interrupt_first_write("a reply to stop")
     assert "(stopped)" in term.expect(">>> ")
     term.send("/stats")  # the chat goes on; a stopped reply has no figures (and /reset forgot the others)
     assert "(no finished reply yet)" in term.expect(">>> ")
