@@ -22,15 +22,22 @@ def test_tiny_greedy_equals_autoregressive(tiny, exit_layer, k):
         assert ss.stats.num_verifications > 0
 
 
+LONG_PROMPT = list(range(5, 25))
+
+
+@pytest.fixture(scope="module")
+def tiny_ar_400(tiny):
+    """The autoregressive reference of the long tests, generated once for the four settings."""
+    return _greedy(tiny, LONG_PROMPT, max_new_tokens=400)
+
+
 @pytest.mark.parametrize("exit_layer,k,extra", [(1, 8, {}), (3, 2, {}), (2, 6, {"adaptive_k": True}),
                                                 (2, 5, {"draft_confidence_threshold": 0.3})])
-def test_tiny_greedy_equals_autoregressive_at_length(tiny, exit_layer, k, extra):
-    """Far past the SmolLM2 tests' 48 tokens: 400 new tokens, near the tiny model's 512 context."""
-    prompt = list(range(5, 25))
-    ar = _greedy(tiny, prompt, max_new_tokens=400)
-    ss = _greedy(tiny, prompt, "self_speculative", exit_layer=exit_layer, num_speculations=k, max_new_tokens=400,
-                 **extra)
-    assert len(ar.token_ids) == 400 and ss.token_ids == ar.token_ids
+def test_tiny_greedy_equals_autoregressive_at_length(tiny, tiny_ar_400, exit_layer, k, extra):
+    """Far past the SmolLM2 tests' 32 tokens: 400 new tokens, near the tiny model's 512 context."""
+    ss = _greedy(tiny, LONG_PROMPT, "self_speculative", exit_layer=exit_layer, num_speculations=k,
+                 max_new_tokens=400, **extra)
+    assert len(tiny_ar_400.token_ids) == 400 and ss.token_ids == tiny_ar_400.token_ids
 
 
 @pytest.mark.parametrize("adaptive", [{"adaptive_k": True}, {"draft_confidence_threshold": 0.3}])
