@@ -74,8 +74,9 @@ def test_missing_path():
 
 
 def test_truncated_gguf(tmp_path):
+    """Cut inside the vocabulary's metadata (at 2 MB, past it, the reader parsed 49152 strings first: 4 s)."""
     bad = tmp_path / "bad.gguf"
-    bad.write_bytes(default_model_path().read_bytes()[:2_000_000])
+    bad.write_bytes(default_model_path().read_bytes()[:200_000])
     with pytest.raises(LayerSkipError, match="GGUF"):
         load_model(str(bad))
 
