@@ -80,6 +80,13 @@ def tiny_config(**overrides) -> ModelConfig:
     return ModelConfig(**base)
 
 
+def tiny_tokenizer_overrides(model_dir: Path) -> list[str]:
+    """Training overrides for a from-scratch model with `model_dir`'s character tokenizer: an
+    exported model needs a tokenizer on disk (the bytes one has none), and SmolLM2's would make
+    every exit head 49152 wide."""
+    return [f"model.tokenizer={model_dir}", f"model.init.vocab_size={tiny_config().vocab_size}"]
+
+
 def make_model_dir(path: Path, seed: int = 0, std: float = 0.02, **overrides) -> Path:
     model = random_model(tiny_config(**overrides), seed=seed, std=std)
     return save_pretrained(model, path, char_tokenizer())

@@ -11,17 +11,18 @@ from pathlib import Path
 import torch
 
 from layerskip.model.loading import load_model
+from tests.conftest import tiny_tokenizer_overrides
 
 TINY = str(resources.files("layerskip.configs") / "train_tiny.yaml")
 WORKER = str(Path(__file__).with_name("torchrun_train.py"))
 
 
-def _torchrun(out, steps):
+def _torchrun(out, steps, tokenizer_overrides):
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         WORKER, ",".join(map(str, steps)), "--config", TINY,
         f"run.output_dir={out}", "run.progress=false", "run.save_every=2",
-        "optim.batch_size=2", "model.tokenizer=default", "model.init.vocab_size=49152",
+        "optim.batch_size=2", *tokenizer_overrides,
         "run.eval_at_start=false", "data.max_eval_tokens=256",
         "layer_dropout.curriculum=none",  # dropout from the first step: every rank joins every layer
     ]
@@ -32,9 +33,10 @@ def _torchrun(out, steps):
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_torchrun_two_processes_fsdp_trains_resumes_and_exports(tmp_path):
+def test_torchrun_two_processes_fsdp_trains_resumes_and_exports(tiny_dir, tmp_path):
     out = tmp_path / "run"
-    records = _torchrun(out, [2, 4])  # the longer second run resumes over the same directory
+    # the longer second run resumes over the same directory
+    records = _torchrun(out, [2, 4], tiny_tokenizer_overrides(tiny_dir))
     resume = next(i for i, r in enumerate(records) if r.get("event") == "resume")
     first, second = records[:resume], records[resume:]
     assert first[0]["world"] == 2
