@@ -33,6 +33,7 @@ import torch
 from layerskip import GenerationConfig, generate_ids, load_model
 from layerskip.generation.output import GenerationResult
 from layerskip.model.loaded import LoadedModel
+from layerskip.model.packing import unpack
 from layerskip.model.synthetic import silence_layers
 
 CODE = ["def fibonacci(n):", "import json\n\ndef load_config(path):"]
@@ -151,7 +152,9 @@ def mixed_context_model(lm: LoadedModel, early: int = 8, late: int = 20) -> Load
     gate reads the flag alone, so it is silu(-1000 x) = 0 exactly for A and a strong perturbation for
     B. The final norm's weight on the flag keeps each family's continuation inside the family.
     """
-    model = silence_layers(copy.deepcopy(lm.model), late)
+    model = copy.deepcopy(lm.model)
+    unpack(model)  # plain weights to edit: an earlier section's decoding may have packed them
+    model = silence_layers(model, late)
     v, d = model.config.vocab_size, FLAG_DIM
     emb = model.tok_embeddings.weight  # tied: the head's rows get the flag too
     emb[:, d] = torch.where(torch.arange(v) < v // 2, -1.0, 1.0)

@@ -54,7 +54,7 @@ class Scripted(ExitController):
 
     def __init__(self, costs, max_k, script):
         reduced = any(c.reduced for c, _ in script)
-        super().__init__(costs, max_k, AUTOREGRESSIVE, (False, True) if reduced else (False,), reduced)
+        super().__init__(costs, max_k, AUTOREGRESSIVE, (False, True) if reduced else (False,))
         self.script, self.seen = script, []
 
     def plan(self):
@@ -99,6 +99,7 @@ def test_switching_every_round_equals_autoregressive(tiny, wide_vocab):
     assert kinds == {(None, None, None), (1, 2, 32), (3, 4, None), (2, 1, 32), (3, 6, 32)}
     assert sum(e["tokens"] for e in results[0].exit_layer_schedule) == 40
     probed = [s for _, p, s in controller.seen if p]
+    # Per probed layer an agreement count, then the positions compared and those the head covers.
     assert all(len(s) == len(p) + 2 for (_, p, _), s in zip([x for x in controller.seen if x[1]], probed,
                                                               strict=True))
 
@@ -109,9 +110,25 @@ def test_shadow_exits_count_what_the_layers_agree_on(wide_vocab):
     lm = perfect_from(2, n_layers=4)
     script = [(AUTOREGRESSIVE, (2, 3)), (Choice(1, 3, True), (2, 3))]
     _, controller = decode(lm, [[5, 6, 7]], GenerationConfig(max_new_tokens=30, **AUTO), script)
+    covered = compared = 0
     for _, probes, shadow in controller.seen:
-        *agree, compared, covered = shadow
-        assert compared > 0 and agree == [covered] * len(probes)
+        *agree, n, c = shadow
+        assert n > 0 and agree == [c] * len(probes)
+        covered, compared = covered + c, compared + n
+    assert compared > covered > 0, "the reduced head (32 of 105 ids) must miss some targets"
+
+
+def test_each_head_counts_its_own_evidence():
+    """A shadow's agreements count for the reduced head over every compared position and for the
+    full head over the covered ones; a speculative round's acceptance counts for its own head."""
+    c = ExitController(memory_bound_costs(tiny_config(n_layers=8), 7, draft_vocab_size=32), 6, AUTOREGRESSIVE,
+                       (False, True))
+    c.timed = False
+    c.observe(AUTOREGRESSIVE, (3, 5), [2, 4, 10, 5], [], 1)
+    assert (c.hits[True][3], c.trials[True][3]) == (2, 10) and (c.hits[False][3], c.trials[False][3]) == (2, 5)
+    assert (c.hits[True][5], c.trials[True][5]) == (4, 10) and (c.hits[False][5], c.trials[False][5]) == (4, 5)
+    c.observe(Choice(4, 3, False), (), [], [(2, 3)], 1)  # two accepted, then a rejection
+    assert (c.hits[False][4], c.trials[False][4]) == (2, 3) and c.trials[True][4] == 0
 
 
 def test_sampling_keeps_the_target_distribution_while_switching():
@@ -180,8 +197,8 @@ def test_monotone_fit_pools_violators_and_equal_runs():
 
 def test_expected_rates_follow_the_cost_model():
     costs = memory_bound_costs(tiny_config(n_layers=8), 7)
-    c = ExitController(costs, 6, AUTOREGRESSIVE, (False,), shadow_reduced=False)
-    c.hits[4], c.trials[4] = 40.0, 40.0
+    c = ExitController(costs, 6, AUTOREGRESSIVE, (False,))
+    c.hits[False][4], c.trials[False][4] = 40.0, 40.0
     rates = c.expected_rates()
     p = 40 / 41
     tokens = sum(p**i for i in range(7))

@@ -36,7 +36,7 @@ from layerskip.generation.draft_vocab import DraftHead, configured_draft_head
 from layerskip.generation.output import ACCEPTED, TARGET, GenerationResult, SpeculationStats, TokenCallback, TokenSink
 from layerskip.generation.sampling import LogitAdjuster, make_generator, processed_probs, sample
 from layerskip.generation.self_speculative import Draft, next_k
-from layerskip.generation.steps import prefill, prepare_for_decoding, steps_for
+from layerskip.generation.steps import attention_span, prefill, prepare_for_decoding, steps_for
 from layerskip.model.llama import positions
 from layerskip.model.loaded import LoadedModel
 from layerskip.model.packing import lay_out_tied_head
@@ -303,12 +303,13 @@ class BatchDecoder:
     def _decode_round(self, probes: tuple[int, ...] = ()) -> list[int]:
         """One token per row; with `probes`, the step is split there and the shadow exits' counts
         come back (controller.py)."""
+        span = self._span(1)
         if probes:
-            h = self.steps.early(self.model, self.tokens[:, None], self.pos, probes[0])
-            logits, states = self._verify(h, self.pos, probes[0], probes)
+            h = self.steps.early(self.model, self.tokens[:, None], self.pos, probes[0], span)
+            logits, states = self._verify(h, self.pos, probes[0], probes, span)
             logits = logits[:, -1]
         else:
-            logits = self.steps.decode(self.model, self.tokens[:, None], self.pos, self._end_layer)  # [C, V]
+            logits = self.steps.decode(self.model, self.tokens[:, None], self.pos, self._end_layer, span)  # [C, V]
         tokens = logits.argmax(-1)
         shadow = self._shadow(states, tokens[:, None], self.live.bool()) if probes else tokens[:0]
         for slot in self.active:
@@ -324,22 +325,32 @@ class BatchDecoder:
         self.tokens, self.pos = tokens, self.pos + moving
         return shadow_counts
 
-    def _verify(self, h: Tensor, pos: Tensor, start: int, probes: tuple[int, ...]) -> tuple[Tensor, Tensor | None]:
+    def _span(self, tokens: int) -> int | None:
+        """The cache slots this round's steps attend over, when every active row writes `tokens`
+        positions from its own (steps.py); None (the whole cache) for compiled steps."""
+        if self.steps.compiled:
+            return None
+        return attention_span(max(self.rows[s].pos for s in self.active) + tokens, self.model.cache_len)
+
+    def _verify(self, h: Tensor, pos: Tensor, start: int, probes: tuple[int, ...],
+                span: int | None) -> tuple[Tensor, Tensor | None]:
         """Layers start..L-1 and the head over layer-`start` states h [C, T, D]: logits [C, T, V],
         and the states at the probed layers (>= start) [P, C, T, D] (None without probes)."""
         states, at = [], start
         for layer in probes:
             if layer > at:
-                h = self.steps.layers(self.model, h, pos, at, layer)
+                h = self.steps.layers(self.model, h, pos, at, layer, span)
                 at = layer
             states.append(h)
-        return self.steps.verify(self.model, h, pos, at), torch.stack(states) if states else None
+        return self.steps.verify(self.model, h, pos, at, span), torch.stack(states) if states else None
 
     def _shadow(self, states: Tensor, target: Tensor, valid: Tensor) -> Tensor:
         """Shadow exits at the probed layers: per layer, how many of the `valid` positions [C, T]
-        its draft head's argmax agrees with the full model's `target` [C, T]; then how many positions
-        were compared and how many of their targets the head can draft at all. [P + 2] on the device."""
-        head = self.heads[max(self.heads)]  # the cheapest: the reduced head where there is one
+        the cheapest draft head's argmax agrees with the full model's `target` [C, T]; then how
+        many positions were compared and at how many the target is inside that head's vocabulary.
+        [P + 2] on the device. (The full head over every probed layer would cost a head per layer:
+        a warm-up round shadowing 29 layers of SmolLM2 would take three decode steps.)"""
+        head = self.heads[max(self.heads)]  # the reduced head where there is one
         p, c, t, d = states.shape
         guess = head.to_vocab(head.logits(self.model, states.reshape(p * c * t, d)).argmax(-1)).view(p, c, t)
         agree = ((guess == target) & valid).sum((1, 2))
@@ -357,17 +368,17 @@ class BatchDecoder:
         limits = {slot: min(self.rows[slot].k, choice.k, self.rows[slot].sink.remaining - 1) for slot in active}
         # Every row drafts as far as the longest; none may write past the end of the cache.
         m = min(max(limits.values()), self.max_seq_len - 1 - max(self.rows[s].pos for s in active))
+        span = self._span(m + 1)
         t0 = self.clock.mark()
-        drafts, probs, limit = self._draft(m, limits, choice)
+        drafts, probs, limit = self._draft(m, limits, choice, span)
         t1 = self.clock.mark()
         n = drafts.shape[1]
         h = self.model.exit_query_cache.read(n + 1)
-        logits, states = self._verify(h, self.pos + self.offsets[:, : n + 1], choice.exit_layer, probes)
+        logits, states = self._verify(h, self.pos + self.offsets[:, : n + 1], choice.exit_layer, probes, span)
         n_acc, new = self._accept(drafts, probs, limit, logits)
         parts = [n_acc, new, drafts.flatten()]
-        if probes:  # the committed positions: the accepted drafts' and the pending token's
-            valid = (torch.arange(n + 1, device=self.device)[None] <= n_acc[:, None]) & self.live.bool()
-            parts.append(self._shadow(states, logits.argmax(-1), valid))
+        if probes:  # at the pending tokens' positions, always committed (controller.py)
+            parts.append(self._shadow(states[:, :, :1], logits[:, :1].argmax(-1), self.live.bool()))
         host = torch.cat(parts).tolist()  # the round's one host sync
         seconds = (self.clock.seconds(t0, t1), self.clock.seconds(t1, self.clock.mark()))
         c = self.capacity
@@ -379,7 +390,8 @@ class BatchDecoder:
         self.tokens = new
         return [(accepted[s], limits[s]) for s in active], host[2 * c + c * n :]
 
-    def _draft(self, m: int, limits: dict[int, int], choice: Choice) -> tuple[Tensor, dict[int, Tensor], Tensor]:
+    def _draft(self, m: int, limits: dict[int, int], choice: Choice,
+               span: int | None) -> tuple[Tensor, dict[int, Tensor], Tensor]:
         """Up to m drafts for every row: tokens [C, n], sampled rows' draft distributions, and each
         row's number of usable drafts [C] (its limit, or fewer where its confidence fell)."""
         model, steps, cache = self.model, self.steps, self.model.exit_query_cache
@@ -392,7 +404,7 @@ class BatchDecoder:
         token, tokens = self.tokens, []
         probs: dict[int, list[Tensor]] = {s: [] for s in limits if not self.rows[s].cfg.greedy}
         for i in range(m):
-            h, logits = steps.draft(model, head, token[:, None], self.pos + i, exit_layer)
+            h, logits = steps.draft(model, head, token[:, None], self.pos + i, exit_layer, span)
             cache.write(i, h)
             token = head.to_vocab(logits.argmax(-1))
             for slot, lim in limits.items():
@@ -414,7 +426,7 @@ class BatchDecoder:
             tokens.append(token)
             if thresholds and all(t is not None for t in thresholds.values()) and not confident:
                 break  # every row's confidence fell: verify now
-        cache.write(len(tokens), steps.early(model, token[:, None], self.pos + len(tokens), exit_layer))
+        cache.write(len(tokens), steps.early(model, token[:, None], self.pos + len(tokens), exit_layer, span))
         drafts = torch.stack(tokens, 1) if tokens else self.tokens.new_empty(self.capacity, 0)
         return drafts, {s: torch.stack(p) for s, p in probs.items() if p}, limit
 
@@ -460,13 +472,13 @@ class BatchDecoder:
             row.k = next_k(row.cfg.num_speculations, len(drafted), n_acc)
 
 
-AUTO_DRAFT_VOCAB = 8192  # the reduced head the controller shadows with
+AUTO_DRAFT_VOCAB = 8192  # the reduced head the controller may draft with, beside the full one
 
 
 def draft_heads(model: torch.nn.Module, plan: BatchPlan) -> dict[bool, DraftHead]:
     """The draft heads a batch may use, keyed by "reduced vocabulary": the configured one; with
     `auto` and none configured, the full head and, on a large vocabulary, one over the
-    AUTO_DRAFT_VOCAB most frequent tokens (the controller's shadow exits use it)."""
+    AUTO_DRAFT_VOCAB most frequent tokens (the controller chooses between them)."""
     cfg = plan.draft_cfg
     head = configured_draft_head(model, cfg)
     heads = {head.ids is not None: head}
@@ -477,15 +489,14 @@ def draft_heads(model: torch.nn.Module, plan: BatchPlan) -> dict[bool, DraftHead
 
 
 def controller_for(plan: BatchPlan, costs: LayerCosts, heads: dict[bool, DraftHead]) -> ExitController:
-    """The controller of an auto plan: it starts at the plan's (E, k) and shadows with the cheapest
-    head. It drafts with the configured head; with none configured, with the full one: a reduced
-    head fails in bursts (identifiers outside its vocabulary), which its shadow estimate misses."""
-    drafting = min(heads) if len(heads) > 1 else max(heads)
+    """The controller of an auto plan: it may draft with every head the plan has (the configured
+    one, or the full and a reduced one) and starts at the plan's (E, k) with the full head where
+    there is one."""
     start = None
     if plan.start is not None:
         e, k = plan.start
-        start = AUTOREGRESSIVE if e is None else Choice(e, min(k, plan.num_speculations), drafting)
-    return ExitController(costs, plan.num_speculations, start, (drafting,), shadow_reduced=max(heads))
+        start = AUTOREGRESSIVE if e is None else Choice(e, min(k, plan.num_speculations), min(heads))
+    return ExitController(costs, plan.num_speculations, start, tuple(sorted(heads)))
 
 
 def _extend(schedule: list[list], segment: tuple, tokens: int) -> None:

@@ -7,39 +7,54 @@ so a new E (or k, or head) starts from the same state a fixed one would. Only sp
 
 What it observes, at a bounded cost:
   * the acceptance of its own drafts at the current E (every speculative round);
-  * shadow exits: on a probe round the layer states of the committed positions at a few other
-    layers are put through the final norm and the reduced draft head (one matmul for all of them),
-    and their argmax compared with the full model's. Autoregressive rounds split the decode step
-    at the probed layers; speculative rounds split the verification (layers above E), and now and
-    then one round decodes autoregressively to probe the layers below E. The counts ride along in
-    the round's one host sync.
+  * shadow exits: on a probe round the layer states at a few other layers are put through the
+    final norm and the reduced draft head (one matmul for all of them), and its argmax compared
+    with the full model's token. That counts the reduced head's agreement directly (its misses on
+    tokens outside its vocabulary included); the full head's is taken where the token is inside
+    that vocabulary (a full-head product per probed layer would cost a decode step per few
+    layers). Autoregressive rounds split the decode step at the probed layers; speculative rounds
+    split the verification (layers above E) and compare at each row's first position (its
+    pending token, always committed: one row per probed layer in the product), and now and then
+    one round decodes autoregressively to probe the layers below E. The counts ride along in the
+    round's one host sync. The first rounds (warm-up) shadow every layer, so that each layer has
+    evidence of its own before the first decision; a speculative round after one whose first
+    drafts all failed shadows every layer above E, so that a lucky E is left at once for the
+    layer that agrees, not one layer per failed round.
 Per-layer agreement is fitted nondecreasing in depth (pooling adjacent violators and equal
 neighbours), which lets a few samples per layer suffice; counts are capped, so old context fades.
+A layer is a candidate only with MIN_TRIALS observations of its own: pooled into a run of
+agreeing deeper layers, one lucky sample would otherwise borrow their confidence.
 
 What it decides: for every E, k and head the cost model (costs.py) gives the round's time, and
 agreement p gives the expected tokens per round, sum_{i<=k} p^i; the best tokens/s wins, against
 autoregressive decoding, and only by a margin over the current choice (no thrashing). The cost
-model's times are scaled by what rounds really take (measured wall time over predicted, one factor
-for autoregressive rounds and one for speculative ones): per-call overheads the model does not
-see, and a machine's load, are in the comparison.
+model's times are scaled by what rounds really take (measured wall time over predicted, the
+median of the latest rounds of each kind): per-call overheads the model does not see, and a
+machine's load, are in the comparison. Only the speculative factor relative to the autoregressive
+one changes a decision, and on a shared machine single rounds vary by a third, so that relative
+factor is shrunk towards 1 by PRIOR_ROUNDS pseudo-rounds: a few slow rounds cannot rule
+speculation out for the rest of a generation, a systematic overhead still shows.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
+from collections import deque
 from dataclasses import dataclass
 
 from layerskip.generation.costs import LayerCosts, expected_tokens_per_round
 
 PROBES = 8  # layers shadowed per autoregressive probe round (a speculative one: half as many)
-WARMUP = 4  # probe rounds in a row when starting without a setting: every layer once (L <= 33)
+WARMUP = 8  # probe rounds in a row, each shadowing every layer, when starting without a setting
 PROBE_EVERY = 8  # a probe round every this many rounds afterwards; while autoregressive decoding
 MAX_PROBE_EVERY = 64  # keeps winning, the interval doubles up to this
 BELOW_EVERY = 32  # while speculating: an autoregressive probe of the layers below E this often
 MARGIN = 0.05  # a new choice must be expected this much faster than the current one
 MIN_TRIALS = 4  # a layer's fitted agreement needs this many observations behind it
 WINDOW = 64  # observations kept per layer (older ones are scaled down)
-SMOOTHING = 0.3  # weight of the latest round in the measured/predicted time factors
+RECENT_ROUNDS = 16  # measured/predicted time factors: the median of this many latest rounds per kind
+PRIOR_ROUNDS = 4  # weight, in rounds, of "speculative rounds are as predicted as autoregressive ones"
 
 
 @dataclass(frozen=True)
@@ -83,21 +98,22 @@ class ExitController:
     """One batch's controller. `plan()` says what the next round runs and which layers it shadows;
     `observe()` takes what the round measured and may change the choice for the rounds after."""
 
-    def __init__(self, costs: LayerCosts, max_k: int, start: Choice | None, heads: tuple[bool, ...],
-                 shadow_reduced: bool):
+    def __init__(self, costs: LayerCosts, max_k: int, start: Choice | None, heads: tuple[bool, ...]):
         self.costs, self.n_layers, self.max_k = costs, costs.n_layers, max_k
-        self.heads = heads  # draft heads it may choose: False full, True reduced
-        self.shadow_reduced = shadow_reduced  # the shadow head is the reduced one (else the full)
+        # The draft heads it may choose (False full, True reduced); shadows use the last, the cheapest.
+        self.heads = heads
         self.choice = start if start is not None else AUTOREGRESSIVE
-        self.hits = [0.0] * self.n_layers  # per exit layer 1..L-1 (index 0 unused)
-        self.trials = [0.0] * self.n_layers
-        self.covered = self.targets = 0.0  # targets inside the reduced head's vocabulary
+        # Per head and exit layer 1..L-1 (index 0 unused): drafts that agreed, drafts observed.
+        self.hits = {head: [0.0] * self.n_layers for head in heads}
+        self.trials = {head: [0.0] * self.n_layers for head in heads}
         self.rounds = 0
+        self.missed = False  # the last speculative round's first drafts were all rejected
         self.warmup = 0 if start is not None else WARMUP
         self.probed = 0  # probe rounds so far (they rotate through the layers)
         self.switches = 0
         self.interval, self.next_probe = PROBE_EVERY, self.warmup + PROBE_EVERY  # autoregressive re-probing
-        self.slowdown: dict[bool, float] = {}  # by "speculative": measured over predicted round time
+        # By "speculative": the latest rounds' measured over predicted times.
+        self.slowdown: dict[bool, deque[float]] = {kind: deque(maxlen=RECENT_ROUNDS) for kind in (False, True)}
         self.timed = True  # scale predicted times by measured ones (tests turn it off: no timing in them)
         self._tables: dict[int, dict[Choice, float]] = {}
 
@@ -106,7 +122,7 @@ class ExitController:
         c, r = self.choice, self.rounds
         if not c.speculative:
             if r < self.warmup:
-                return c, self._probe_set(1, self.n_layers, PROBES)
+                return c, tuple(range(1, self.n_layers))
             if r < self.next_probe:
                 return c, ()
             self.next_probe = r + self.interval  # backs off while autoregressive keeps winning
@@ -114,6 +130,8 @@ class ExitController:
             return c, self._probe_set(1, self.n_layers, PROBES)
         if r % BELOW_EVERY == BELOW_EVERY - 1 and c.exit_layer > 1:
             return AUTOREGRESSIVE, self._probe_set(1, c.exit_layer, PROBES)
+        if self.missed:
+            return c, tuple(range(c.exit_layer + 1, self.n_layers))
         if r < self.warmup or r % PROBE_EVERY == 0:
             return c, self._probe_set(c.exit_layer + 1, self.n_layers, PROBES // 2)
         return c, ()
@@ -129,54 +147,55 @@ class ExitController:
 
     def observe(self, ran: Choice, probes: tuple[int, ...], shadow: list[int], accepted: list[tuple[int, int]],
                 batch: int, seconds: float | None = None) -> None:
-        """`shadow`: agreements per probed layer, then the positions compared and how many of their
-        targets the reduced head covers; `accepted`: (accepted, drafted) per row of a speculative
-        round; `seconds`: the round's wall time, host sync included."""
+        """`shadow`: the shadow head's agreements per probed layer, then the positions compared and
+        how many of their targets that head's vocabulary holds (the full head's share of them);
+        `accepted`: (accepted, drafted) per row of a speculative round; `seconds`: the round's wall
+        time, host sync included."""
         self.rounds += 1
         if self.timed and seconds is not None and seconds > 0:
             self._calibrate(ran, len(probes), batch, seconds)
         if probes:
             *agree, compared, covered = shadow
             for layer, h in zip(probes, agree, strict=True):
-                self._add(layer, h, compared)
-            self.covered, self.targets = _capped(self.covered + covered, self.targets + compared, 4 * WINDOW)
+                for head in self.heads:
+                    self._add(head, layer, h, compared if head else covered)
         if ran.speculative and accepted:
             # The first rejected draft ends a round: accepted / (accepted + rejections) per draft.
-            # In the shadow head's terms, a full-head draft agrees as often times the coverage.
-            scale = 1.0 if ran.reduced == self.shadow_reduced else self.coverage
+            # Where every row's first draft failed, the next round shadows every layer above E:
+            # were E's evidence luck, theirs decides where to go.
             a = sum(n for n, _ in accepted)
-            self._add(ran.exit_layer, a * scale, a + sum(n < d for n, d in accepted))
+            self.missed = a == 0
+            self._add(ran.reduced, ran.exit_layer, a, a + sum(n < d for n, d in accepted))
         if (probes or ran.speculative) and self.rounds >= self.warmup:
             self._decide(batch)
 
     def _calibrate(self, ran: Choice, probes: int, batch: int, seconds: float) -> None:
-        """Update the measured/predicted time factor of the kind of round that ran (a probe adds
-        a call and a shadow head per probed layer to the prediction)."""
+        """Record the measured/predicted time of the kind of round that ran (a probe adds a call
+        per probed layer and the shadow head over their states to the prediction)."""
         c = self.costs
-        predicted = self._table(batch)[ran] + probes * (c.call_s + c.draft_head_token_s(self.shadow_reduced, batch))
-        ratio = min(max(seconds / predicted, 0.25), 8.0)
-        old = self.slowdown.get(ran.speculative)
-        self.slowdown[ran.speculative] = ratio if old is None else (1 - SMOOTHING) * old + SMOOTHING * ratio
+        predicted = self._table(batch)[ran]
+        if probes:
+            predicted += probes * c.call_s + c.draft_head_token_s(max(self.heads), probes * batch)
+        self.slowdown[ran.speculative].append(min(max(seconds / predicted, 0.25), 8.0))
 
     def _factor(self, speculative: bool) -> float:
-        """The time factor of a kind of round; speculation not yet measured takes autoregressive's."""
-        return self.slowdown.get(speculative, self.slowdown.get(False, 1.0))
+        """The time factor of a kind of round. Autoregressive: the median of its latest rounds (of
+        the speculative ones before any ran; 1 before any round). Speculative: that times the
+        shrunk ratio of the two kinds' medians."""
+        ar, spec = self.slowdown[False], self.slowdown[True]
+        base = statistics.median(ar or spec) if ar or spec else 1.0
+        if not speculative or not (ar and spec):
+            return base
+        weight = len(spec) / (len(spec) + PRIOR_ROUNDS)
+        return base * (statistics.median(spec) / statistics.median(ar)) ** weight
 
-    def _add(self, layer: int, hits: float, trials: float) -> None:
-        self.hits[layer], self.trials[layer] = _capped(self.hits[layer] + hits, self.trials[layer] + trials, WINDOW)
-
-    @property
-    def coverage(self) -> float:
-        """Share of the full model's tokens the reduced head can draft (1 without observations)."""
-        return self.covered / self.targets if self.targets else 1.0
+    def _add(self, head: bool, layer: int, hits: float, trials: float) -> None:
+        h, t = self.hits[head], self.trials[head]
+        h[layer], t[layer] = _capped(h[layer] + hits, t[layer] + trials, WINDOW)
 
     def agreement(self, reduced: bool) -> list[tuple[float, float] | None]:
         """Per exit layer: fitted agreement of a draft with the head `reduced` names, and its evidence."""
-        fit = monotone_fit(self.hits, self.trials)
-        if reduced == self.shadow_reduced:
-            return fit
-        cov = max(self.coverage, 1e-6)  # full-head agreement from the reduced head's
-        return [None if f is None else (min(1.0, f[0] / cov), f[1]) for f in fit]
+        return monotone_fit(self.hits[reduced], self.trials[reduced])
 
     def expected_rates(self, batch: int = 1) -> dict[Choice, float]:
         """Expected tokens per second (per row) of every choice with enough evidence, and of
@@ -186,7 +205,7 @@ class ExitController:
         for reduced in self.heads:
             fit = self.agreement(reduced)
             for e in range(1, self.n_layers):
-                if fit[e] is None or (fit[e][1] < MIN_TRIALS and e != self.choice.exit_layer):
+                if fit[e] is None or (self.trials[reduced][e] < MIN_TRIALS and e != self.choice.exit_layer):
                     continue
                 for k in range(1, self.max_k + 1):
                     c = Choice(e, k, reduced)

@@ -6,9 +6,12 @@ early:  tokens [B, 1] through layers 0..E-1 (the last draft: no head)  -> states
 verify: pending layer-E states [B, n, D] through layers E..L-1 + head  -> logits [B, n, V]
 layers: states [B, n, D] through layers a..b-1 (the exit-layer controller's shadow exits) -> states
 
-Positions are tensors [B, T] and attention reads the whole cache through a mask, so nothing in a
-step depends on a Python number that changes per token: compiled (model/compiled.py), each traces
-once per shape and layer range. Prefill, a new length per prompt, always runs eagerly.
+Positions are tensors [B, T] and attention reads the cache through a mask. Compiled
+(model/compiled.py), a step reads the whole cache (span None), so nothing in it depends on a Python
+number that changes per token: each traces once per shape and layer range. Eager, a step reads the
+first `span` slots, a power of two (attention_span) that changes a few times per generation: a
+server's cache is sized for its longest request, most of which short ones never use. Prefill, a
+new length per prompt, always runs eagerly.
 """
 
 from __future__ import annotations
@@ -48,36 +51,51 @@ def prefill(
     return model.exit_logits(h[:, -1:])[:, -1]
 
 
-def decode_step(model: Transformer, tokens: Tensor, input_pos: Tensor, end_layer: int | None) -> Tensor:
-    return model(tokens, input_pos, end_layer)[:, -1]
+MIN_SPAN = 64  # the shortest attention span eager steps use
+
+
+def attention_span(needed: int, cache_len: int) -> int:
+    """The cache slots an eager step attends over when its positions reach `needed` - 1: the
+    next power of two (at least MIN_SPAN), at most the whole cache. Powers of two keep the
+    waste under 2x and the distinct shapes per generation few."""
+    return min(cache_len, max(MIN_SPAN, 1 << (needed - 1).bit_length()))
+
+
+def decode_step(model: Transformer, tokens: Tensor, input_pos: Tensor, end_layer: int | None,
+                span: int | None) -> Tensor:
+    return model(tokens, input_pos, end_layer, span=span)[:, -1]
 
 
 def draft_step(
-    model: Transformer, head: DraftHead, tokens: Tensor, input_pos: Tensor, exit_layer: int
+    model: Transformer, head: DraftHead, tokens: Tensor, input_pos: Tensor, exit_layer: int, span: int | None
 ) -> tuple[Tensor, Tensor]:
-    h = model.run_layers(model.embed(tokens), input_pos, 0, exit_layer)
+    h = model.run_layers(model.embed(tokens), input_pos, 0, exit_layer, span=span)
     return h, head.logits(model, h)[:, -1]
 
 
-def early_step(model: Transformer, tokens: Tensor, input_pos: Tensor, exit_layer: int) -> Tensor:
-    return model.run_layers(model.embed(tokens), input_pos, 0, exit_layer)
+def early_step(model: Transformer, tokens: Tensor, input_pos: Tensor, exit_layer: int, span: int | None) -> Tensor:
+    return model.run_layers(model.embed(tokens), input_pos, 0, exit_layer, span=span)
 
 
-def verify_step(model: Transformer, h: Tensor, input_pos: Tensor, exit_layer: int) -> Tensor:
-    return model.exit_logits(model.run_layers(h, input_pos, exit_layer, None))
+def verify_step(model: Transformer, h: Tensor, input_pos: Tensor, exit_layer: int, span: int | None) -> Tensor:
+    return model.exit_logits(model.run_layers(h, input_pos, exit_layer, None, span=span))
 
 
-def layers_step(model: Transformer, h: Tensor, input_pos: Tensor, start: int, end: int) -> Tensor:
-    return model.run_layers(h, input_pos, start, end)
+def layers_step(model: Transformer, h: Tensor, input_pos: Tensor, start: int, end: int, span: int | None) -> Tensor:
+    return model.run_layers(h, input_pos, start, end, span=span)
+
+
+Span = int | None
 
 
 @dataclass(frozen=True)
 class Steps:
-    decode: Callable[[Transformer, Tensor, Tensor, int | None], Tensor]
-    draft: Callable[[Transformer, DraftHead, Tensor, Tensor, int], tuple[Tensor, Tensor]]
-    early: Callable[[Transformer, Tensor, Tensor, int], Tensor]
-    verify: Callable[[Transformer, Tensor, Tensor, int], Tensor]
-    layers: Callable[[Transformer, Tensor, Tensor, int, int], Tensor]
+    decode: Callable[[Transformer, Tensor, Tensor, int | None, Span], Tensor]
+    draft: Callable[[Transformer, DraftHead, Tensor, Tensor, int, Span], tuple[Tensor, Tensor]]
+    early: Callable[[Transformer, Tensor, Tensor, int, Span], Tensor]
+    verify: Callable[[Transformer, Tensor, Tensor, int, Span], Tensor]
+    layers: Callable[[Transformer, Tensor, Tensor, int, int, Span], Tensor]
+    compiled: bool = False  # compiled steps read the whole cache (span None), one shape throughout
 
 
 _STEP_FUNCTIONS = (decode_step, draft_step, early_step, verify_step, layers_step)
@@ -95,5 +113,5 @@ def steps_for(model: Transformer, compile: bool | str) -> Steps:
     per_backend = _COMPILED.setdefault(model, {})
     if backend not in per_backend:
         device = model.tok_embeddings.weight.device.type
-        per_backend[backend] = Steps(*(compile_step(f, device, backend) for f in _STEP_FUNCTIONS))
+        per_backend[backend] = Steps(*(compile_step(f, device, backend) for f in _STEP_FUNCTIONS), compiled=True)
     return per_backend[backend]

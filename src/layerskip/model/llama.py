@@ -103,7 +103,8 @@ class AttentionContext:
     mask: Tensor | None  # [B, 1, T, S] bool over the whole cache or [B, 1, T, T]; None: causal over the T tokens
     input_pos: Tensor | None  # [B, T] cache slots written; None: no cache (training, scoring)
     rows: Tensor | None = None  # [B, 1] cache rows the B inputs are (None: all rows, in order)
-    over_cache: bool = False  # keys are the whole cache (else only the T new tokens')
+    over_cache: bool = False  # keys are the cache's slots (else only the T new tokens')
+    span: int | None = None  # with over_cache: keys are slots 0..span-1 (None: the whole cache)
     local: AttentionContext | None = None  # the sliding-window layers' context (None: no such layers)
 
 
@@ -140,7 +141,7 @@ class Attention(nn.Module):
         if ctx.input_pos is not None:
             cached_k, cached_v = self.kv_cache.update(ctx.input_pos, k, v, ctx.rows)
             if ctx.over_cache:  # else a prefill from position 0: its own keys are all there is
-                k, v = cached_k, cached_v
+                k, v = cached_k[:, :, : ctx.span], cached_v[:, :, : ctx.span]
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=ctx.mask, is_causal=ctx.mask is None, scale=self.scale,
             enable_gqa=self.n_heads != self.n_kv_heads,
@@ -268,21 +269,24 @@ class Transformer(nn.Module):
         device: torch.device,
         from_start: bool = False,
         rows: Tensor | None = None,
+        span: int | None = None,
     ) -> AttentionContext:
         """Rotary tables and mask for `length` tokens at cache positions `input_pos` [B, T].
 
         input_pos=None means no cache: positions 0..length-1 with plain causal attention. With a
-        cache, attention reads every slot through a mask (slot <= position), so a step's shapes do
-        not depend on the position; `from_start` says the rows hold nothing before these tokens
-        (a prefill from 0), where causal attention over the new keys alone gives the same result.
-        `rows` [B, 1]: the cache rows a prefill writes, when it fills only some rows of a batch.
-        Sliding-window layers get `local`: the same with the window in their mask.
+        cache, attention reads the slots through a mask (slot <= position): all of them by default,
+        so a step's shapes do not depend on the position, or the first `span` (which must hold
+        every position in input_pos), so that short sequences in a long cache read only what they
+        use. `from_start` says the rows hold nothing before these tokens (a prefill from 0), where
+        causal attention over the new keys alone gives the same result. `rows` [B, 1]: the cache
+        rows a prefill writes, when it fills only some rows of a batch. Sliding-window layers get
+        `local`: the same with the window in their mask.
         """
         if rows is not None and not from_start:
             raise ValueError("only a prefill (from_start) may write a subset of the cache rows")
-        ctx = self._context(input_pos, length, device, from_start, rows, None)
+        ctx = self._context(input_pos, length, device, from_start, rows, None, span)
         if SLIDING in self.config.layer_types:
-            ctx.local = self._context(input_pos, length, device, from_start, rows, self.config.sliding_window)
+            ctx.local = self._context(input_pos, length, device, from_start, rows, self.config.sliding_window, span)
         return ctx
 
     def _context(
@@ -293,6 +297,7 @@ class Transformer(nn.Module):
         from_start: bool,
         rows: Tensor | None,
         window: int | None,
+        span: int | None,
     ) -> AttentionContext:
         """One attention context: global (window=None) or sliding-window layers'."""
         local = window is not None
@@ -309,8 +314,8 @@ class Transformer(nn.Module):
         if from_start:
             mask = visible(input_pos, input_pos, window) if banded else None
             return AttentionContext(cos, sin, mask, input_pos, rows)
-        mask = visible(self.cache_slots, input_pos, window)
-        return AttentionContext(cos, sin, mask, input_pos, rows, over_cache=True)
+        mask = visible(self.cache_slots[:span], input_pos, window)
+        return AttentionContext(cos, sin, mask, input_pos, rows, over_cache=True, span=span)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -331,11 +336,12 @@ class Transformer(nn.Module):
         end_layer: int | None = None,
         from_start: bool = False,
         rows: Tensor | None = None,
+        span: int | None = None,
     ) -> Tensor:
         """Run layers [start_layer, end_layer) on hidden states h [B, T, D] at cache positions
-        input_pos [B, T] (None: no cache)."""
+        input_pos [B, T] (None: no cache), attending over the first `span` cache slots (None: all)."""
         end_layer = self.n_layers if end_layer is None else end_layer
-        ctx = self.attention_context(input_pos, h.shape[1], h.device, from_start, rows)
+        ctx = self.attention_context(input_pos, h.shape[1], h.device, from_start, rows, span)
         for layer in self.layers[start_layer:end_layer]:
             h = layer(h, ctx)
         return h
@@ -356,6 +362,9 @@ class Transformer(nn.Module):
         end_layer: int | None = None,
         from_start: bool = False,
         rows: Tensor | None = None,
+        span: int | None = None,
     ) -> Tensor:
         """Logits of tokens [B, T] after layers 0..end_layer-1 (all layers by default)."""
-        return self.exit_logits(self.run_layers(self.embed(tokens), input_pos, 0, end_layer, from_start, rows))
+        return self.exit_logits(
+            self.run_layers(self.embed(tokens), input_pos, 0, end_layer, from_start, rows, span)
+        )
