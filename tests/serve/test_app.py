@@ -240,22 +240,26 @@ def _wait_for(condition, timeout_s: float = 20) -> None:
 
 
 def test_full_queue_answers_503_with_retry_after(own_tiny):
-    app = create_app(own_tiny, ServerConfig(max_queue=1, retry_after_s=3))
+    """A busy worker leaves requests queued: one for the batch's row and one for the queue are
+    admitted, the third is refused."""
+    app = create_app(own_tiny, ServerConfig(max_batch_size=1, max_queue=1, retry_after_s=3))
     worker = app.state.server.worker
     with serving(app) as url:
         release = _block(worker)
         body = {"model": own_tiny.name, "prompt": PROMPT, "max_tokens": 5}
         first: list[httpx.Response] = []
-        waiting = threading.Thread(target=lambda: first.append(httpx.post(f"{url}/v1/completions", json=body,
-                                                                           timeout=30)))
-        waiting.start()
-        _wait_for(lambda: worker.depth == 1)
+        waiting = [threading.Thread(target=lambda: first.append(httpx.post(f"{url}/v1/completions", json=body,
+                                                                            timeout=30))) for _ in range(2)]
+        for i, thread in enumerate(waiting):
+            thread.start()
+            _wait_for(lambda i=i: worker.depth == i + 1)
         r = httpx.post(f"{url}/v1/completions", json=body)
         assert r.status_code == 503 and r.headers["retry-after"] == "3"
         assert r.json()["error"]["code"] == "overloaded"
         release.set()
-        waiting.join(30)
-        assert first[0].status_code == 200  # the queued request was served, not dropped
+        for thread in waiting:
+            thread.join(30)
+        assert [f.status_code for f in first] == [200, 200]  # the queued requests were served, not dropped
         assert httpx.post(f"{url}/v1/completions", json=body).status_code == 200
 
 

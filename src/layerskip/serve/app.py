@@ -60,7 +60,7 @@ class Server:
 
     def __init__(self, cfg: ServerConfig):
         self.cfg = cfg
-        self.worker = Worker(cfg.max_queue)
+        self.worker = Worker(cfg.max_queue + cfg.max_batch_size)  # the engine refuses what the batch can't take
         self.metrics = Metrics(lambda: self.worker.depth, lambda: self.engine.rows if self.engine else 0)
         self.engine: Engine | None = None
         self.load_error: str | None = None
@@ -72,7 +72,7 @@ class Server:
         self.tokenizer = copy.deepcopy(loaded.tokenizer)
         self.model_name = self.cfg.served_model_name or loaded.name
         self.engine = Engine(loaded, self.worker, self.metrics, self.cfg.max_batch_size,
-                             self.cfg.cache_length(loaded.config.max_seq_len))
+                             self.cfg.cache_length(loaded.config.max_seq_len), self.cfg.max_queue)
         self.worker.rounds = self.engine
 
     def reply(self, chat: bool) -> Reply:

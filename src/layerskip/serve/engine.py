@@ -21,7 +21,7 @@ from layerskip.generation.streaming import TextStream
 from layerskip.model.loaded import LoadedModel
 from layerskip.serve.errors import APIError
 from layerskip.serve.metrics import Metrics
-from layerskip.serve.worker import Worker
+from layerskip.serve.worker import QueueFull, Worker
 
 log = logging.getLogger("layerskip.serve")
 
@@ -144,9 +144,11 @@ class Engine:
     and `step` for each round while the engine is `busy`."""
 
     def __init__(self, loaded: LoadedModel, worker: Worker, metrics: Metrics, max_batch_size: int = 1,
-                 max_seq_len: int | None = None):
+                 max_seq_len: int | None = None, max_queue: int | None = None):
+        """`max_queue`: requests that may wait for a row beyond the batch's (None: the worker's
+        queue alone bounds them)."""
         self.loaded, self.worker, self.metrics = loaded, worker, metrics
-        self.max_batch_size = max_batch_size
+        self.max_batch_size, self.max_queue = max_batch_size, max_queue
         self.max_seq_len = min(max_seq_len or loaded.config.max_seq_len, loaded.config.max_seq_len)
         self._eos = model_eos_ids(loaded)
         self.decoder: BatchDecoder | None = None
@@ -160,7 +162,13 @@ class Engine:
         return len(self.running)
 
     def submit(self, job: Job) -> None:
-        """Queue a job; raises QueueFull when the queue is full."""
+        """Queue a job; raises QueueFull when the batch and the queue are both full. Every job
+        passes through the worker's queue until a round boundary takes it, so what counts is all
+        that is admitted: queued, waiting for a row, and decoding. (Counting the queue alone,
+        a burst that arrives during one prefill was refused while the batch still had rows.)"""
+        admitted = self.worker.depth + len(self.waiting) + len(self.running)
+        if self.max_queue is not None and admitted >= self.max_batch_size + self.max_queue:
+            raise QueueFull
         self.worker.submit(lambda: self._guard(self._admit, job))
 
     def has_room(self) -> bool:
