@@ -31,6 +31,9 @@ class Terminal:
     def __init__(self, argv: list[str]):
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: the CLI on the pty
+            # Ctrl-C as at a terminal: pytest started in the background (`cmd &` in a script) has
+            # SIGINT ignored, and an ignored signal stays ignored through exec
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.execv(sys.executable, [sys.executable, "-m", "layerskip.cli", *argv])
         self.seen, self.pos = "", 0  # the transcript, and how far `expect` has consumed it
 
@@ -46,17 +49,20 @@ class Terminal:
     def send(self, line: str) -> None:
         os.write(self.fd, (line + "\n").encode())
 
-    def interrupt_first_write(self, line: str) -> None:
+    def interrupt_first_write(self, line: str) -> str:
         """Send `line` with the terminal's output stopped, so that the reply's first token blocks the
-        chat in write(2); Ctrl-C (SIGINT) then lands inside the reply whatever the machine's load."""
+        chat in write(2); Ctrl-C (SIGINT) then lands inside the reply whatever the machine's load.
+        Returns the chat's signal masks at that moment (/proc/PID/status), for a failure message."""
         os.write(self.fd, XOFF.encode())
         self.send(line)
         deadline = time.monotonic() + 120.0
-        while Path(f"/proc/{self.pid}/syscall").read_text().split()[0] != WRITE:
+        while (syscall := Path(f"/proc/{self.pid}/syscall").read_text()).split()[0] != WRITE:
             assert time.monotonic() < deadline, "the reply never wrote"
             time.sleep(0.01)
+        status = Path(f"/proc/{self.pid}/status").read_text().splitlines()
         os.kill(self.pid, signal.SIGINT)
         os.write(self.fd, XON.encode())
+        return " ".join([syscall.strip(), *(x for x in status if x.startswith(("Sig", "State")))])
 
     def close(self) -> int:
         _, status = os.waitpid(self.pid, 0)
@@ -76,8 +82,8 @@ def test_two_turns_reset_ctrl_c_mid_reply_and_exit(chat_model):
     term.expect(">>> ")
     term.send("/reset")
     assert "(conversation reset)" in term.expect(">>> ")
-    term.interrupt_first_write("a reply to stop")
-    assert "(stopped)" in term.expect(">>> ")
+    at_signal = term.interrupt_first_write("a reply to stop")
+    assert "(stopped)" in (stopped := term.expect(">>> ")), (stopped, at_signal)
     term.send("/stats")  # the chat goes on; a stopped reply has no figures (and /reset forgot the others)
     assert "(no finished reply yet)" in term.expect(">>> ")
     term.send("/exit")
