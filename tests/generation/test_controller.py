@@ -256,3 +256,26 @@ def test_tied_head_is_laid_out_for_the_mode_the_controller_settles_in(tied_lm, s
     (result,), controller = decode(lm, [prompt], GenerationConfig(max_new_tokens=40, **AUTO))
     assert controller.choice.speculative is speculating
     assert isinstance(lm.model.output, ColumnLinear) is speculating
+
+
+def test_warm_up_shadows_every_layer_and_a_total_miss_shadows_every_layer_above_e():
+    costs = memory_bound_costs(tiny_config(n_layers=8), 7)
+    fresh = ExitController(costs, 6, None, (False,))
+    assert fresh.plan() == (AUTOREGRESSIVE, tuple(range(1, 8)))  # every layer has evidence of its own
+    c = ExitController(costs, 6, Choice(2, 3), (False,))
+    c.timed = False
+    c.observe(Choice(2, 3), (), [], [(1, 3)], 1)
+    assert c.plan()[1] != tuple(range(3, 8))  # a partly accepted round: no extra probing
+    c.observe(Choice(2, 3), (), [], [(0, 3)], 1)
+    choice, probes = c.plan()  # E may have moved on the miss
+    assert choice.speculative and probes == tuple(range(choice.exit_layer + 1, 8))
+
+
+def test_one_slow_speculative_round_does_not_rule_speculation_out():
+    """The speculative/autoregressive time ratio is shrunk towards 1 by PRIOR_ROUNDS pseudo-rounds."""
+    c = ExitController(memory_bound_costs(tiny_config(n_layers=8), 7), 6, None, (False,))
+    c.slowdown[False].extend([1.0] * 8)
+    c.slowdown[True].append(2.0)  # one round twice as slow as predicted
+    assert c._factor(False) == 1.0 and 1.0 < c._factor(True) < 2.0 ** 0.25
+    c.slowdown[True].extend([2.0] * 15)  # a systematic overhead shows
+    assert c._factor(True) == pytest.approx(2.0 ** (16 / 20))
