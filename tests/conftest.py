@@ -41,8 +41,10 @@ def _own_cache(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _threads(request):
     """Two threads for the real model; one for tiny models, where thread hand-offs cost more than
-    the arithmetic (measured: 7 ms vs 124 ms per tiny generation on a busy 2-core machine)."""
-    torch.set_num_threads(2 if any("smollm2" in name for name in request.fixturenames) else 1)
+    the arithmetic (measured: 7 ms vs 124 ms per tiny generation on a busy 2-core machine). One
+    for everything when pytest-xdist runs a worker per core: two threads each would oversubscribe."""
+    parallel = "PYTEST_XDIST_WORKER" in os.environ
+    torch.set_num_threads(2 if not parallel and any("smollm2" in name for name in request.fixturenames) else 1)
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
