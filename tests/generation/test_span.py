@@ -30,7 +30,7 @@ def _decode(lm, prompts: list[list[int]], cfg: GenerationConfig, whole_cache: bo
     ids = [decoder.join(p, cfg) for p in prompts]
     spans = set()
     while decoder.active:
-        spans.add(decoder._span(1))
+        spans.add(decoder._span(max(decoder.rows[s].pos for s in decoder.active) + 1))
         decoder.step()
     done = decoder.take_finished()
     assert whole_cache or len(spans) >= 2, "the rows must cross a span size"

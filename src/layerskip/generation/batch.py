@@ -303,7 +303,7 @@ class BatchDecoder:
     def _decode_round(self, probes: tuple[int, ...] = ()) -> list[int]:
         """One token per row; with `probes`, the step is split there and the shadow exits' counts
         come back (controller.py)."""
-        span = self._span(1)
+        span = self._span(max(self.rows[s].pos for s in self.active) + 1)
         if probes:
             h = self.steps.early(self.model, self.tokens[:, None], self.pos, probes[0], span)
             logits, states = self._verify(h, self.pos, probes[0], probes, span)
@@ -325,12 +325,10 @@ class BatchDecoder:
         self.tokens, self.pos = tokens, self.pos + moving
         return shadow_counts
 
-    def _span(self, tokens: int) -> int | None:
-        """The cache slots this round's steps attend over, when every active row writes `tokens`
-        positions from its own (steps.py); None (the whole cache) for compiled steps."""
-        if self.steps.compiled:
-            return None
-        return attention_span(max(self.rows[s].pos for s in self.active) + tokens, self.model.cache_len)
+    def _span(self, end: int) -> int | None:
+        """The cache slots this round's steps attend over when they write positions below `end`
+        (steps.py); None (the whole cache) for compiled steps."""
+        return None if self.steps.compiled else attention_span(end, self.model.cache_len)
 
     def _verify(self, h: Tensor, pos: Tensor, start: int, probes: tuple[int, ...],
                 span: int | None) -> tuple[Tensor, Tensor | None]:
@@ -367,8 +365,9 @@ class BatchDecoder:
         active, moving = self.active, self._moving()
         limits = {slot: min(self.rows[slot].k, choice.k, self.rows[slot].sink.remaining - 1) for slot in active}
         # Every row drafts as far as the longest; none may write past the end of the cache.
-        m = min(max(limits.values()), self.max_seq_len - 1 - max(self.rows[s].pos for s in active))
-        span = self._span(m + 1)
+        furthest = max(self.rows[s].pos for s in active)
+        m = min(max(limits.values()), self.max_seq_len - 1 - furthest)
+        span = self._span(furthest + m + 1)
         t0 = self.clock.mark()
         drafts, probs, limit = self._draft(m, limits, choice, span)
         t1 = self.clock.mark()

@@ -230,23 +230,22 @@ def measure_costs(
     context = min(context, model.config.max_seq_len - max_tokens)
     prepare_for_decoding(model, context + max_tokens)  # the layout generation decodes with
     layer, dim = model.layers[0], model.config.dim
+    states = [torch.randn(1, t, dim, device=device, dtype=dtype) * 0.1 for t in range(1, max_tokens + 1)]
     per_t: list[Callable[[], Any]] = []
-    for t in range(1, max_tokens + 1):
-        h = torch.randn(1, t, dim, device=device, dtype=dtype) * 0.1
-        ctx = model.attention_context(positions(context, t, device), t, device)
-        per_t += [lambda h=h, ctx=ctx: layer(h, ctx), lambda h=h: model.exit_logits(h)]
+    for h in states:
+        ctx = model.attention_context(positions(context, h.shape[1], device), h.shape[1], device)
+        per_t.append(lambda h=h, ctx=ctx: layer(h, ctx))
         if draft_head is not None:
             per_t.append(lambda h=h: draft_head(model.norm(h)))
     token = torch.zeros(1, 1, dtype=torch.long, device=device)
     pos = positions(context, 1, device)
-    seconds = time_calls([*per_t, lambda: model.run_layers(model.embed(token), pos, 0, 0)], device, repeats, inner=3)
-    stride = 2 if draft_head is None else 3
-    layer_s, head_s, call_s = seconds[0:-1:stride], seconds[1:-1:stride], seconds[-1]
-    if max_tokens > 1:
-        lay_out_tied_head(model, emb, max_tokens)
-        states = [torch.randn(1, t, dim, device=device, dtype=dtype) * 0.1 for t in range(2, max_tokens + 1)]
-        head_s[1:] = time_calls([lambda h=h: model.exit_logits(h) for h in states], device, repeats, inner=3)
-        lay_out_tied_head(model, emb, 1)
+    one_row = [lambda: model.exit_logits(states[0]), lambda: model.run_layers(model.embed(token), pos, 0, 0)]
+    seconds = time_calls([*per_t, *one_row], device, repeats, inner=3)
+    stride = 1 if draft_head is None else 2
+    layer_s, (head_1, call_s) = seconds[0:-2:stride], seconds[-2:]
+    lay_out_tied_head(model, emb, max_tokens)  # a verification's layout, for the head over 2.. tokens
+    head_s = [head_1, *time_calls([lambda h=h: model.exit_logits(h) for h in states[1:]], device, repeats, inner=3)]
+    lay_out_tied_head(model, emb, 1)
     return LayerCosts(
         n_layers=model.n_layers,
         layer_s=layer_s,
@@ -255,7 +254,7 @@ def measure_costs(
         context=context,
         weight_bytes=weight_bytes(model),
         read_bandwidth_bytes_per_s=measure_read_bandwidth(device) if bandwidth else None,
-        draft_head_s=None if draft_head is None else seconds[2:-1:3],
+        draft_head_s=None if draft_head is None else seconds[1:-2:2],
     )
 
 

@@ -52,6 +52,7 @@ def prefill(
 
 
 MIN_SPAN = 64  # the shortest attention span eager steps use
+Span = int | None  # cache slots a step attends over (None: all of them)
 
 
 def attention_span(needed: int, cache_len: int) -> int:
@@ -62,30 +63,27 @@ def attention_span(needed: int, cache_len: int) -> int:
 
 
 def decode_step(model: Transformer, tokens: Tensor, input_pos: Tensor, end_layer: int | None,
-                span: int | None) -> Tensor:
+                span: Span) -> Tensor:
     return model(tokens, input_pos, end_layer, span=span)[:, -1]
 
 
 def draft_step(
-    model: Transformer, head: DraftHead, tokens: Tensor, input_pos: Tensor, exit_layer: int, span: int | None
+    model: Transformer, head: DraftHead, tokens: Tensor, input_pos: Tensor, exit_layer: int, span: Span
 ) -> tuple[Tensor, Tensor]:
     h = model.run_layers(model.embed(tokens), input_pos, 0, exit_layer, span=span)
     return h, head.logits(model, h)[:, -1]
 
 
-def early_step(model: Transformer, tokens: Tensor, input_pos: Tensor, exit_layer: int, span: int | None) -> Tensor:
+def early_step(model: Transformer, tokens: Tensor, input_pos: Tensor, exit_layer: int, span: Span) -> Tensor:
     return model.run_layers(model.embed(tokens), input_pos, 0, exit_layer, span=span)
 
 
-def verify_step(model: Transformer, h: Tensor, input_pos: Tensor, exit_layer: int, span: int | None) -> Tensor:
+def verify_step(model: Transformer, h: Tensor, input_pos: Tensor, exit_layer: int, span: Span) -> Tensor:
     return model.exit_logits(model.run_layers(h, input_pos, exit_layer, None, span=span))
 
 
-def layers_step(model: Transformer, h: Tensor, input_pos: Tensor, start: int, end: int, span: int | None) -> Tensor:
+def layers_step(model: Transformer, h: Tensor, input_pos: Tensor, start: int, end: int, span: Span) -> Tensor:
     return model.run_layers(h, input_pos, start, end, span=span)
-
-
-Span = int | None
 
 
 @dataclass(frozen=True)
