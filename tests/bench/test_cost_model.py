@@ -7,6 +7,7 @@ from layerskip.generation.costs import (
     expected_tokens_per_round,
     measure_costs,
 )
+from layerskip.model.packing import lay_out_layers
 
 
 def unit_costs(n_layers: int = 10, max_tokens: int = 5, call_s: float = 0.0) -> LayerCosts:
@@ -42,6 +43,20 @@ def test_round_and_speedup_arithmetic():
     assert c.autoregressive_bound_tokens_per_s() == pytest.approx(1000)
 
 
+def test_layers_laid_out_for_verifications_cost_their_own_times():
+    """From `laid_from` on a layer costs verify_layer_s (one-token passes through it included)."""
+    c = unit_costs()
+    c.verify_layer_s, c.relayout_s = [2.0, 0.25, 0.25, 0.25, 0.25], 3.0
+    # E=2, k=4: drafts 5 x 2 plain layers; verification 8 layers over 5 tokens at 0.25.
+    assert c.round_s(2, 4, laid_from=2) == 10 + 8 * 0.25
+    assert c.round_s(2, 4, laid_from=1) == 5 * (1 + 2.0) + 8 * 0.25  # layer 1's one-token drafts cost 2
+    assert c.autoregressive_s(laid_from=6) == 6 + 4 * 2.0 and c.autoregressive_s() == c.autoregressive_token_s()
+    assert c.relayout_s_between(None, 2) == 8 * 3.0 and c.relayout_s_between(4, 2) == 2 * 3.0
+    assert c.relayout_s_between(2, None) == 8 * 3.0 and c.relayout_s_between(None, None) == 0
+    c.verify_layer_s = None  # the same layout: laid_from changes nothing
+    assert c.round_s(2, 4, laid_from=2) == c.round_s(2, 4) == 18
+
+
 def test_break_even_none_when_never_pays():
     c = unit_costs(call_s=1.0)
     # AR token: 1 + 10. Round: 2 draft calls of 1 + 9, verify 1 + 1: 22 s for at most 2 tokens.
@@ -65,3 +80,8 @@ def test_measure_costs_on_tiny(tiny):
     layers = sum(v.numel() * 4 for k, v in tiny.model.state_dict().items() if k.startswith("layers."))
     assert c.weight_bytes == layers + 4 * (105 * 64 + 64)  # + head and final norm
     assert c.to_dict()["autoregressive_token_s"] == pytest.approx(c.autoregressive_token_s())
+    # The verification layout is timed where it differs (float32 at batch 1 on an AVX2 CPU), and
+    # layer 0 is laid back out for one row afterwards.
+    assert (c.verify_layer_s is None) == (c.relayout_s == 0.0)
+    assert c.verify_layer_s is None or (len(c.verify_layer_s) == 3 and all(t > 0 for t in c.verify_layer_s))
+    assert not lay_out_layers([tiny.model.layers[0]], 1)

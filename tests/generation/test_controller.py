@@ -17,7 +17,7 @@ from layerskip.commands.common import tuned_values
 from layerskip.generation import batch as batch_module
 from layerskip.generation.batch import BatchDecoder, BatchPlan
 from layerskip.generation.config import exit_layer_arg
-from layerskip.generation.controller import AUTOREGRESSIVE, Choice, ExitController, monotone_fit
+from layerskip.generation.controller import AUTOREGRESSIVE, WARMUP, Choice, ExitController, monotone_fit
 from layerskip.generation.costs import memory_bound_costs
 from layerskip.model.loaded import LoadedModel
 from layerskip.model.packing import ColumnLinear
@@ -165,6 +165,18 @@ def test_controller_settles_on_the_perfect_layer(e0):
     assert result.stats.acceptance_rate == 1.0
 
 
+def test_a_long_enough_prompt_is_the_warm_up():
+    """The prefill shadows every layer at the prompt's last WARMUP positions: with that many the
+    first decision comes before the first round (a shorter prompt leaves warm-up rounds)."""
+    lm = perfect_from(3)
+    cfg = GenerationConfig(max_new_tokens=30, **AUTO)
+    (long,), controller = decode(lm, [list(range(5, 5 + WARMUP))], cfg)
+    assert long.exit_layer_schedule[0]["exit_layer"] == 3 and long.stats.acceptance_rate == 1.0
+    assert all(t >= WARMUP for t in controller.trials[False][1:])
+    (short,), _ = decode(lm, [[5, 6, 7]], cfg)
+    assert short.exit_layer_schedule[0]["exit_layer"] is None and short.exit_layer == 3
+
+
 def test_controller_stays_autoregressive_when_drafts_disagree(small_vocab_lm):
     (result,), controller = decode(small_vocab_lm, [PROMPT], GenerationConfig(max_new_tokens=40, **AUTO))
     assert result.exit_layer is None and result.num_speculations is None
@@ -279,3 +291,54 @@ def test_one_slow_speculative_round_does_not_rule_speculation_out():
     assert c._factor(False) == 1.0 and 1.0 < c._factor(True) < 2.0 ** 0.25
     c.slowdown[True].extend([2.0] * 15)  # a systematic overhead shows
     assert c._factor(True) == pytest.approx(2.0 ** (16 / 20))
+
+
+def costs_one_layer() -> float:
+    return memory_bound_costs(tiny_config(n_layers=8), 7).layer_s[0]
+
+
+def _layout_costs(relayout_s: float):
+    """Memory-bound costs where the verification layout makes a layer over 2.. tokens cost a
+    quarter (and a one-token pass 1.5x), and moving a layer costs `relayout_s` weight units."""
+    costs, one = memory_bound_costs(tiny_config(n_layers=8), 7), costs_one_layer()
+    return replace(costs, verify_layer_s=[1.5 * one] + [one / 4] * 6, relayout_s=relayout_s)
+
+
+def test_layers_are_laid_out_for_verifications_only_when_the_rest_earns_it():
+    costs = _layout_costs(relayout_s=costs_one_layer() * 2)
+    c = ExitController(costs, 6, Choice(3, 6), (False,))
+    c.hits[False][3], c.trials[False][3] = 40.0, 40.0
+    assert c.layout(tokens_left=2, batch=1) is None  # 5 layers to move, ~0.3 rounds left
+    assert c.layout(tokens_left=1, batch=4) is None  # a batch's layouts are the same anyway
+    assert c.layout(tokens_left=200, batch=1) == 3 and c.laid_from == 3
+    c.choice = AUTOREGRESSIVE  # fell back: one-token passes through the laid-out layers cost 1.5x
+    assert c.layout(tokens_left=3, batch=1) == 3  # not worth moving back for 3 tokens
+    assert c.layout(tokens_left=500, batch=1) is None
+    free = ExitController(replace(costs, verify_layer_s=None), 6, Choice(3, 6), (False,))
+    assert free.layout(tokens_left=500, batch=1) is None  # the same layout: nothing to move
+
+
+def test_decoder_lays_out_the_layers_the_controller_asks_for(monkeypatch):
+    """An auto decoder settling on E moves layers E.. to the verification's rows and back for
+    one row, and decoding stays lossless."""
+    moves = []
+    real = batch_module.lay_out_layers
+
+    def recording(blocks, rows):
+        blocks = list(blocks)
+        moves.append((len(blocks), rows))
+        return real(blocks, rows)
+
+    monkeypatch.setattr(batch_module, "lay_out_layers", recording)
+    lm, prompt = perfect_from(3), [5, 6, 7, 8]
+    cfg = GenerationConfig(max_new_tokens=60, **AUTO)
+    plan = BatchPlan.of(cfg, lm.config.n_layers, None)
+    decoder = BatchDecoder(lm, 1, 80, plan, _layout_costs(relayout_s=costs_one_layer() / 10))
+    decoder.controller.timed = False
+    rid = decoder.join(prompt, cfg)
+    while decoder.active:
+        decoder.step()
+    result = decoder.take_finished()[rid]
+    assert result.token_ids == generate_ids(lm, prompt, GenerationConfig(max_new_tokens=60, ignore_eos=True)).token_ids
+    e = decoder.controller.laid_from
+    assert e == result.exit_layer == 3 and moves[0] == (3, 1) and moves[1] == (5, 7)  # layers 0-2, 3-7

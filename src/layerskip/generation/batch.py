@@ -30,16 +30,16 @@ from layerskip.errors import LayerSkipError
 from layerskip.generation import self_speculative
 from layerskip.generation.clock import PhaseClock
 from layerskip.generation.config import GenerationConfig
-from layerskip.generation.controller import AUTOREGRESSIVE, Choice, ExitController
+from layerskip.generation.controller import AUTOREGRESSIVE, PROMPT_POSITIONS, Choice, ExitController
 from layerskip.generation.costs import LayerCosts, model_costs
 from layerskip.generation.draft_vocab import DraftHead, configured_draft_head
 from layerskip.generation.output import ACCEPTED, TARGET, GenerationResult, SpeculationStats, TokenCallback, TokenSink
 from layerskip.generation.sampling import LogitAdjuster, make_generator, processed_probs, sample
 from layerskip.generation.self_speculative import Draft, next_k
-from layerskip.generation.steps import attention_span, prefill, prepare_for_decoding, steps_for
+from layerskip.generation.steps import attention_span, prefill, prepare_for_decoding, probed_prefill, steps_for
 from layerskip.model.llama import positions
 from layerskip.model.loaded import LoadedModel
-from layerskip.model.packing import lay_out_tied_head
+from layerskip.model.packing import lay_out_layers, lay_out_tied_head
 
 
 @dataclass
@@ -196,7 +196,10 @@ class BatchDecoder:
         self.joined += 1
         rows = torch.tensor([[slot]], device=self.device)
         prompt = torch.tensor([prompt_ids], device=self.device)
-        logits = prefill(self.model, prompt, positions(0, n, self.device), self._end_layer, rows)[0]
+        if self.controller is not None:
+            logits = self._probed_prefill(prompt, rows)
+        else:
+            logits = prefill(self.model, prompt, positions(0, n, self.device), self._end_layer, rows)[0]
         token = self._choose(row, adjust(logits))
         self.rows[slot] = row
         self.tokens[slot] = token
@@ -204,6 +207,18 @@ class BatchDecoder:
         self.live[slot] = 1
         self._commit(slot, [int(token)])
         return row.id
+
+    def _probed_prefill(self, prompt: Tensor, rows: Tensor) -> Tensor:
+        """Prefill shadowing every layer at the prompt's last positions, the controller's first
+        evidence (controller.py); the last position's logits [V]."""
+        probes, n = tuple(range(1, self.model.n_layers)), prompt.shape[1]
+        m = min(n, PROMPT_POSITIONS)
+        logits, states = probed_prefill(self.model, prompt, positions(0, n, self.device), probes, m, rows)
+        valid = torch.ones(1, m, dtype=torch.bool, device=self.device)
+        shadow = self._shadow(states, logits.argmax(-1), valid).tolist()
+        self.controller.observe_prompt(probes, shadow, len(self.active) + 1)
+        self.segment = self._segment(self.choice)  # the first token counts to what decoding goes on with
+        return logits[0, -1]
 
     def _choose(self, row: Row, logits: Tensor) -> Tensor:
         """The row's next token from its (adjusted) logits [V]."""
@@ -270,6 +285,7 @@ class BatchDecoder:
         if self.plan.strategy != "self_speculative":
             self._decode_round()
             return
+        self._lay_out_layers()
         self._lay_out_head()
         batch, start = len(self.active), time.perf_counter()
         choice, probes = self.controller.plan() if self.controller is not None else (self.static, ())
@@ -282,6 +298,20 @@ class BatchDecoder:
         if self.controller is not None:  # the round's host sync is behind us: wall time is device time
             self.controller.observe(choice, probes, shadow, accepted, batch, time.perf_counter() - start)
         self.segment = self._segment(self.choice)
+
+    def _lay_out_layers(self) -> None:
+        """Lay the layers from E on out for verifications, or back for one row, where the
+        controller says the rest of the generation earns the move back (controller.layout). Not
+        under compiled steps: swapped modules would make them compile again."""
+        if self.controller is None or self.steps.compiled:
+            return
+        before = self.controller.laid_from
+        left = min(self.rows[s].sink.remaining for s in self.active)
+        laid_from = self.controller.layout(left, len(self.active))
+        if laid_from != before:
+            layers, split = self.model.layers, self.model.n_layers if laid_from is None else laid_from
+            lay_out_layers(layers[:split], self.capacity)
+            lay_out_layers(layers[split:], self.capacity * (self.plan.num_speculations + 1))
 
     def _lay_out_head(self) -> None:
         """A tied head's fastest layout depends on its rows (packing.py): one per row for

@@ -16,8 +16,10 @@ What it observes, at a bounded cost:
     split the verification (layers above E) and compare at each row's first position (its
     pending token, always committed: one row per probed layer in the product), and now and then
     one round decodes autoregressively to probe the layers below E. The counts ride along in the
-    round's one host sync. The first rounds (warm-up) shadow every layer, so that each layer has
-    evidence of its own before the first decision; a speculative round after one whose first
+    round's one host sync. Before the first decision every layer needs evidence of its own (a
+    warm-up): a joining prompt's prefill shadows every layer at its last positions (their targets
+    are the full model's own predictions there), and where that is not enough the first rounds
+    decode autoregressively shadowing every layer; a speculative round after one whose first
     drafts all failed shadows every layer above E, so that a lucky E is left at once for the
     layer that agrees, not one layer per failed round.
 Per-layer agreement is fitted nondecreasing in depth (pooling adjacent violators and equal
@@ -46,7 +48,8 @@ from dataclasses import dataclass
 from layerskip.generation.costs import LayerCosts, expected_tokens_per_round
 
 PROBES = 8  # layers shadowed per autoregressive probe round (a speculative one: half as many)
-WARMUP = 8  # probe rounds in a row, each shadowing every layer, when starting without a setting
+WARMUP = 8  # observations of every layer before the first decision, when starting without a setting
+PROMPT_POSITIONS = WARMUP  # a joining prompt's last positions shadowed at every layer
 PROBE_EVERY = 8  # a probe round every this many rounds afterwards; while autoregressive decoding
 MAX_PROBE_EVERY = 64  # keeps winning, the interval doubles up to this
 BELOW_EVERY = 32  # while speculating: an autoregressive probe of the layers below E this often
@@ -108,20 +111,21 @@ class ExitController:
         self.trials = {head: [0.0] * self.n_layers for head in heads}
         self.rounds = 0
         self.missed = False  # the last speculative round's first drafts were all rejected
-        self.warmup = 0 if start is not None else WARMUP
+        self.warming = start is None  # until every layer has WARMUP observations
         self.probed = 0  # probe rounds so far (they rotate through the layers)
         self.switches = 0
-        self.interval, self.next_probe = PROBE_EVERY, self.warmup + PROBE_EVERY  # autoregressive re-probing
+        self.interval, self.next_probe = PROBE_EVERY, PROBE_EVERY  # autoregressive re-probing
         # By "speculative": the latest rounds' measured over predicted times.
         self.slowdown: dict[bool, deque[float]] = {kind: deque(maxlen=RECENT_ROUNDS) for kind in (False, True)}
         self.timed = True  # scale predicted times by measured ones (tests turn it off: no timing in them)
-        self._tables: dict[int, dict[Choice, float]] = {}
+        self.laid_from: int | None = None  # layers from here on are laid out for verifications (costs.py)
+        self._tables: dict[tuple[int, int | None], dict[Choice, float]] = {}
 
     def plan(self) -> tuple[Choice, tuple[int, ...]]:
         """This round's choice and the layers it shadows (ascending; empty: none)."""
         c, r = self.choice, self.rounds
         if not c.speculative:
-            if r < self.warmup:
+            if self.warming:
                 return c, tuple(range(1, self.n_layers))
             if r < self.next_probe:
                 return c, ()
@@ -132,7 +136,7 @@ class ExitController:
             return AUTOREGRESSIVE, self._probe_set(1, c.exit_layer, PROBES)
         if self.missed:
             return c, tuple(range(c.exit_layer + 1, self.n_layers))
-        if r < self.warmup or r % PROBE_EVERY == 0:
+        if r % PROBE_EVERY == 0:
             return c, self._probe_set(c.exit_layer + 1, self.n_layers, PROBES // 2)
         return c, ()
 
@@ -154,11 +158,7 @@ class ExitController:
         self.rounds += 1
         if self.timed and seconds is not None and seconds > 0:
             self._calibrate(ran, len(probes), batch, seconds)
-        if probes:
-            *agree, compared, covered = shadow
-            for layer, h in zip(probes, agree, strict=True):
-                for head in self.heads:
-                    self._add(head, layer, h, compared if head else covered)
+        self._add_shadows(probes, shadow)
         if ran.speculative and accepted:
             # The first rejected draft ends a round: accepted / (accepted + rejections) per draft.
             # Where every row's first draft failed, the next round shadows every layer above E:
@@ -166,14 +166,34 @@ class ExitController:
             a = sum(n for n, _ in accepted)
             self.missed = a == 0
             self._add(ran.reduced, ran.exit_layer, a, a + sum(n < d for n, d in accepted))
-        if (probes or ran.speculative) and self.rounds >= self.warmup:
+        if (probes or ran.speculative) and not self.warming:
             self._decide(batch)
+
+    def observe_prompt(self, probes: tuple[int, ...], shadow: list[int], batch: int) -> None:
+        """Shadow exits of a joining prompt's prefill (`shadow` as in `observe`): evidence before
+        any round, and where it completes the warm-up, the first decision."""
+        self._add_shadows(probes, shadow)
+        if not self.warming:
+            self._decide(batch)
+
+    def _add_shadows(self, probes: tuple[int, ...], shadow: list[int]) -> None:
+        """Count shadow exits for every head (see `observe`); the warm-up ends once every layer
+        has WARMUP observations."""
+        if not probes:
+            return
+        *agree, compared, covered = shadow
+        for layer, h in zip(probes, agree, strict=True):
+            for head in self.heads:
+                self._add(head, layer, h, compared if head else covered)
+        if self.warming and min(self.trials[self.heads[-1]][1:], default=WARMUP) >= WARMUP:
+            self.warming = False
+            self.next_probe = self.rounds + PROBE_EVERY
 
     def _calibrate(self, ran: Choice, probes: int, batch: int, seconds: float) -> None:
         """Record the measured/predicted time of the kind of round that ran (a probe adds a call
         per probed layer and the shadow head over their states to the prediction)."""
         c = self.costs
-        predicted = self._table(batch)[ran]
+        predicted = self._table(batch, self.laid_from)[ran]
         if probes:
             predicted += probes * c.call_s + c.draft_head_token_s(max(self.heads), probes * batch)
         self.slowdown[ran.speculative].append(min(max(seconds / predicted, 0.25), 8.0))
@@ -200,7 +220,7 @@ class ExitController:
     def expected_rates(self, batch: int = 1) -> dict[Choice, float]:
         """Expected tokens per second (per row) of every choice with enough evidence, and of
         autoregressive decoding."""
-        table, slow = self._table(batch), self._factor(True)
+        table, slow = self._table(batch, self.laid_from), self._factor(True)
         rates = {AUTOREGRESSIVE: 1.0 / (table[AUTOREGRESSIVE] * self._factor(False))}
         for reduced in self.heads:
             fit = self.agreement(reduced)
@@ -223,17 +243,39 @@ class ExitController:
             self.switches += 1
             self.interval, self.next_probe = PROBE_EVERY, self.rounds + PROBE_EVERY
 
-    def _table(self, batch: int) -> dict[Choice, float]:
-        """Seconds per round of every choice (per decode step for autoregressive) at this batch size."""
-        if batch not in self._tables:
+    def _table(self, batch: int, laid_from: int | None = None) -> dict[Choice, float]:
+        """Seconds per round of every choice (per decode step for autoregressive) at this batch size
+        with the layers from `laid_from` on laid out for verifications."""
+        key = batch, laid_from
+        if key not in self._tables:
             c = self.costs
-            table = {AUTOREGRESSIVE: c.forward_s(self.n_layers, 1, batch=batch)}
+            table = {AUTOREGRESSIVE: c.autoregressive_s(batch, laid_from)}
             for reduced in self.heads:
                 for e in range(1, self.n_layers):
                     for k in range(1, self.max_k + 1):
-                        table[Choice(e, k, reduced)] = c.round_s(e, k, reduced, batch)
-            self._tables[batch] = table
-        return self._tables[batch]
+                        table[Choice(e, k, reduced)] = c.round_s(e, k, reduced, batch, laid_from)
+            self._tables[key] = table
+        return self._tables[key]
+
+    def layout(self, tokens_left: int, batch: int) -> int | None:
+        """Where the layers should be laid out for verifications from (None: nowhere) for the
+        current choice, and the new state: moving costs.relayout_s per layer, which pays only if
+        the `tokens_left` of the generation earn it back (only at batch 1 do the layouts differ)."""
+        target = self.choice.exit_layer
+        if target == self.laid_from or self.costs.verify_layer_s is None or batch > 1:
+            return self.laid_from
+        tokens = 1.0
+        if self.choice.speculative:
+            fit = self.agreement(self.choice.reduced)[target]
+            tokens = expected_tokens_per_round(fit[0] if fit else 0.0, self.choice.k)
+        rounds = tokens_left / tokens
+
+        def rest(laid_from: int | None) -> float:
+            return rounds * self._table(batch, laid_from)[self.choice]
+
+        if rest(target) + self.costs.relayout_s_between(self.laid_from, target) < rest(self.laid_from):
+            self.laid_from = target
+        return self.laid_from
 
 
 def _capped(hits: float, trials: float, window: float) -> tuple[float, float]:

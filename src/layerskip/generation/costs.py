@@ -8,6 +8,10 @@ A self-speculative round with exit layer E, k drafts and per-draft acceptance ra
           k draft heads (full or reduced vocabulary);
   verify: layers E..L-1 and the full head once over k+1 tokens;
   yield:  (1 - alpha^(k+1)) / (1 - alpha) tokens on average (accepted prefix plus one).
+Where a layer's fastest layout for k+1 rows is not its fastest for one (float32 at batch 1 on an
+AVX2 CPU, packing.py), a decoder may lay the layers from E on out for verifications: then those
+cost `verify_layer_s` (for every token count, one-token passes through them included), and moving
+a layer between the layouts costs `relayout_s`.
 The speedup is tokens per round times the autoregressive time per token, over the round time.
 
     costs = measure_costs(model, max_tokens=k + 1)
@@ -37,7 +41,7 @@ from layerskip.generation.draft_vocab import DraftHead
 from layerskip.generation.steps import prepare_for_decoding
 from layerskip.model.config import ModelConfig
 from layerskip.model.llama import Transformer, positions
-from layerskip.model.packing import lay_out_tied_head
+from layerskip.model.packing import lay_out_layers, lay_out_tied_head
 
 
 def expected_tokens_per_round(alpha: float, k: int) -> float:
@@ -71,6 +75,8 @@ class LayerCosts:
     weight_bytes: int  # bytes read per autoregressive token: all layers + the LM head
     read_bandwidth_bytes_per_s: float | None = None
     draft_head_s: list[float] | None = None  # the reduced draft head over t tokens (None: not measured)
+    verify_layer_s: list[float] | None = None  # a layer in the verification layout (None: the same layout)
+    relayout_s: float = 0.0  # moving one layer between the one-row and the verification layout
 
     @property
     def max_tokens(self) -> int:
@@ -83,9 +89,22 @@ class LayerCosts:
     def forward_s(self, n_layers: int, tokens: int, with_head: bool = True, batch: int = 1) -> float:
         """One forward call through n_layers layers over `tokens` tokens of each of `batch` rows
         (beyond the measured token counts, cost grows in proportion)."""
+        return self._call_s(0, n_layers, tokens, with_head, batch, None)
+
+    def _call_s(self, lo: int, hi: int, tokens: int, with_head: bool, batch: int, laid_from: int | None) -> float:
+        """One forward call through layers lo..hi-1, those from `laid_from` on (None: none) in the
+        verification layout."""
         self._check(tokens)
-        head = _scaled(self.head_s, tokens * batch) if with_head else 0.0
-        return self.call_s + n_layers * _scaled(self.layer_s, tokens * batch) + head
+        t = tokens * batch
+        split = hi if laid_from is None or self.verify_layer_s is None else min(max(laid_from, lo), hi)
+        layers = (split - lo) * _scaled(self.layer_s, t)
+        if hi > split:
+            layers += (hi - split) * _scaled(self.verify_layer_s, t)
+        return self.call_s + layers + (_scaled(self.head_s, t) if with_head else 0.0)
+
+    def autoregressive_s(self, batch: int = 1, laid_from: int | None = None) -> float:
+        """One autoregressive step of `batch` rows, the layers from `laid_from` on laid out for verifications."""
+        return self._call_s(0, self.n_layers, 1, True, batch, laid_from)
 
     def draft_head_token_s(self, reduced: bool, batch: int = 1) -> float:
         """One draft head call over one token per row: the reduced head's where asked and measured."""
@@ -98,13 +117,20 @@ class LayerCosts:
     def early_exit_token_s(self, exit_layer: int) -> float:
         return self.forward_s(exit_layer, 1)
 
-    def round_s(self, exit_layer: int, k: int, reduced: bool = False, batch: int = 1) -> float:
+    def round_s(self, exit_layer: int, k: int, reduced: bool = False, batch: int = 1,
+                laid_from: int | None = None) -> float:
         """Time of one self-speculative round: k+1 draft passes, k draft heads (the reduced one
-        where asked), one verification."""
+        where asked), one verification; the layers from `laid_from` on laid out for verifications."""
         self._check_exit(exit_layer)
-        draft = (k + 1) * self.forward_s(exit_layer, 1, False, batch) + k * self.draft_head_token_s(reduced, batch)
-        verify = self.forward_s(self.n_layers - exit_layer, k + 1, batch=batch)
-        return draft + verify
+        draft = (k + 1) * self._call_s(0, exit_layer, 1, False, batch, laid_from)
+        verify = self._call_s(exit_layer, self.n_layers, k + 1, True, batch, laid_from)
+        return draft + k * self.draft_head_token_s(reduced, batch) + verify
+
+    def relayout_s_between(self, laid_from: int | None, to: int | None) -> float:
+        """Seconds to move the layers' layout from `laid_from` to `to` (None: no layer laid out for
+        verifications)."""
+        ends = [self.n_layers if e is None else e for e in (laid_from, to)]
+        return abs(ends[0] - ends[1]) * self.relayout_s
 
     def speedup(self, exit_layer: int, k: int, alpha: float) -> float:
         """Predicted self-speculative tokens/s over autoregressive tokens/s."""
@@ -246,6 +272,7 @@ def measure_costs(
     lay_out_tied_head(model, emb, max_tokens)  # a verification's layout, for the head over 2.. tokens
     head_s = [head_1, *time_calls([lambda h=h: model.exit_logits(h) for h in states[1:]], device, repeats, inner=3)]
     lay_out_tied_head(model, emb, 1)
+    verify_layer_s, relayout_s = _verification_layout_costs(model, max_tokens, per_t[::stride], device, repeats)
     return LayerCosts(
         n_layers=model.n_layers,
         layer_s=layer_s,
@@ -255,11 +282,36 @@ def measure_costs(
         weight_bytes=weight_bytes(model),
         read_bandwidth_bytes_per_s=measure_read_bandwidth(device) if bandwidth else None,
         draft_head_s=None if draft_head is None else seconds[1:-2:2],
+        verify_layer_s=verify_layer_s,
+        relayout_s=relayout_s,
     )
 
 
+def _verification_layout_costs(
+    model: Transformer, max_tokens: int, layer_calls: list[Callable[[], Any]], device: torch.device, repeats: int
+) -> tuple[list[float] | None, float]:
+    """Layer 0 over 1..max_tokens tokens laid out for verifications, and the seconds to move one
+    layer there or back: a quarter of the faster of two round trips of layers 0-3 (a decoder moves
+    many layers in a row, each into the memory the one before freed: per layer that is about half
+    of what one layer alone takes); (None, 0.0) where the layouts are the same."""
+    if not lay_out_layers([model.layers[0]], max_tokens):
+        return None, 0.0
+    seconds = time_calls(layer_calls, device, repeats, inner=3)
+    layers = model.layers[:RELAYOUT_LAYERS]
+    trips = []
+    for _ in range(2):
+        start = time.perf_counter()
+        lay_out_layers(layers, max_tokens)
+        lay_out_layers(layers, 1)
+        trips.append(time.perf_counter() - start)
+    return seconds, min(trips) / (2 * len(layers))
+
+
+RELAYOUT_LAYERS = 4  # layers moved together to time a relayout
+
+
 # Costs per model, measured on first use (a model's shape, dtype and weight kind do not change).
-COSTS_VERSION = 2  # of how measure_costs times (2: a tied head's verification layout); part of the key
+COSTS_VERSION = 3  # of how measure_costs times (2: a tied head's verification layout, 3: the layers'); in the key
 _MEASURED: weakref.WeakKeyDictionary[Transformer, dict[str, LayerCosts]] = weakref.WeakKeyDictionary()
 
 
@@ -307,7 +359,7 @@ def _nondecreasing(costs: LayerCosts) -> LayerCosts:
         return out
 
     return replace(costs, layer_s=suffix_min(costs.layer_s), head_s=suffix_min(costs.head_s),
-                   draft_head_s=suffix_min(costs.draft_head_s))
+                   draft_head_s=suffix_min(costs.draft_head_s), verify_layer_s=suffix_min(costs.verify_layer_s))
 
 
 def _read_costs(path: Path) -> LayerCosts | None:

@@ -20,6 +20,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from layerskip.generation.draft_vocab import DraftHead
@@ -49,6 +50,21 @@ def prefill(
     the vocabulary matrix as a T-row product, the largest one in a step, for T-1 unused rows."""
     h = model.run_layers(model.embed(tokens), input_pos, 0, end_layer, from_start=True, rows=rows)
     return model.exit_logits(h[:, -1:])[:, -1]
+
+
+def probed_prefill(
+    model: Transformer, tokens: Tensor, input_pos: Tensor, probes: tuple[int, ...], last: int,
+    rows: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """A prefill (as `prefill`) that also keeps the states after the `probes` layers (ascending,
+    >= 1) at the last `last` positions: the full model's logits there [B, last, V] and the states
+    [P, B, last, D] (the exit-layer controller's shadow exits over a prompt)."""
+    h, at, states = model.embed(tokens), 0, []
+    for layer in (*probes, model.n_layers):
+        h = model.run_layers(h, input_pos, at, layer, from_start=True, rows=rows)
+        states.append(h[:, -last:])
+        at = layer
+    return model.exit_logits(states.pop()), torch.stack(states)
 
 
 MIN_SPAN = 64  # the shortest attention span eager steps use
