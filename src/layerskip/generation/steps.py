@@ -62,7 +62,7 @@ def probed_prefill(
     h, at, states = model.embed(tokens), 0, []
     for layer in (*probes, model.n_layers):
         h = model.run_layers(h, input_pos, at, layer, from_start=True, rows=rows)
-        states.append(h[:, -last:])
+        states.append(h[:, -last:].clone())  # not a view: it would keep every layer's [B, T, D] alive
         at = layer
     return model.exit_logits(states.pop()), torch.stack(states)
 
