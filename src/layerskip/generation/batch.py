@@ -15,7 +15,9 @@ others back.
 
 With no fixed exit layer (`--exit-layer auto`), the batch's controller (controller.py) chooses
 each round's E, k and draft head, or autoregressive decoding, from acceptance and shadow exits it
-observes on the way; a round boundary holds no state that depends on E, so switching is lossless.
+observes on the way (a joining prompt's prefill is shadowed too); a round boundary holds no state
+that depends on E, so switching is lossless. At batch 1 the controller may also have the layers
+from E on laid out for verifications (packing.py), which changes speed only.
 """
 
 from __future__ import annotations

@@ -36,6 +36,12 @@ machine's load, are in the comparison. Only the speculative factor relative to t
 one changes a decision, and on a shared machine single rounds vary by a third, so that relative
 factor is shrunk towards 1 by PRIOR_ROUNDS pseudo-rounds: a few slow rounds cannot rule
 speculation out for the rest of a generation, a systematic overhead still shows.
+
+Where a layer's fastest layout for a verification's k+1 rows is not its fastest for one row
+(float32 at batch 1 on an AVX2 CPU, packing.py), it also decides where the layers are laid out for
+verifications from (`layout`): moving them to the current E pays when the rest of the generation,
+at the current choice's expected tokens per round, saves more than the move costs (both measured
+once, costs.py); a fallback to autoregressive decoding moves them back on the same terms.
 """
 
 from __future__ import annotations
