@@ -177,9 +177,11 @@ class ExitController:
 
     def observe_prompt(self, probes: tuple[int, ...], shadow: list[int], batch: int) -> None:
         """Shadow exits of a joining prompt's prefill (`shadow` as in `observe`): evidence before
-        any round, and where it completes the warm-up, the first decision."""
+        any round, and where it completes the warm-up, the first decision (a start setting, or
+        the current choice, is left to the rounds' evidence)."""
+        warming = self.warming
         self._add_shadows(probes, shadow)
-        if not self.warming:
+        if warming and not self.warming:
             self._decide(batch)
 
     def _add_shadows(self, probes: tuple[int, ...], shadow: list[int]) -> None:
