@@ -303,9 +303,10 @@ class BatchDecoder:
 
     def _lay_out_layers(self) -> None:
         """Lay the layers from E on out for verifications, or back for one row, where the
-        controller says the rest of the generation earns the move back (controller.layout). Not
-        under compiled steps: swapped modules would make them compile again."""
-        if self.controller is None or self.steps.compiled:
+        controller says the rest of the generation earns the move back (controller.layout). Only
+        for one row (a batch's products have several rows everywhere: one layout), and not under
+        compiled steps (swapped modules would make them compile again)."""
+        if self.controller is None or self.steps.compiled or self.capacity > 1:
             return
         before = self.controller.laid_from
         left = min(self.rows[s].sink.remaining for s in self.active)

@@ -246,8 +246,9 @@ def measure_costs(
     Layers of a Llama model are identical in shape, so one layer's cost stands for all. Every
     product is timed in the layout decoding gives it: one row per product (packing.py), except a
     tied head over several tokens, which decoding lays out for verifications (up to 3x faster
-    there than the one-row layout). The KV cache is (re)allocated as large as needed and left in
-    place; its content is scratch.
+    there than the one-row layout). Where the layers' own layout for several rows differs, layer 0
+    is timed in it too (`verify_layer_s`), with the cost of moving a layer (`relayout_s`). The KV
+    cache is (re)allocated as large as needed and left in place; its content is scratch.
     """
     if max_tokens < 1:
         raise LayerSkipError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -287,16 +288,20 @@ def measure_costs(
     )
 
 
+RELAYOUT_LAYERS = 4  # layers moved together to time a relayout
+
+
 def _verification_layout_costs(
     model: Transformer, max_tokens: int, layer_calls: list[Callable[[], Any]], device: torch.device, repeats: int
 ) -> tuple[list[float] | None, float]:
     """Layer 0 over 1..max_tokens tokens laid out for verifications, and the seconds to move one
-    layer there or back: a quarter of the faster of two round trips of layers 0-3 (a decoder moves
-    many layers in a row, each into the memory the one before freed: per layer that is about half
-    of what one layer alone takes); (None, 0.0) where the layouts are the same."""
+    layer there or back: the faster of two round trips of layers 0-3, per layer and direction (a
+    decoder moves many layers in a row, each into the memory the one before freed: per layer that
+    is about half of what one layer alone takes); (None, 0.0) where the layouts are the same."""
     if not lay_out_layers([model.layers[0]], max_tokens):
         return None, 0.0
     seconds = time_calls(layer_calls, device, repeats, inner=3)
+    lay_out_layers([model.layers[0]], 1)
     layers = model.layers[:RELAYOUT_LAYERS]
     trips = []
     for _ in range(2):
@@ -305,9 +310,6 @@ def _verification_layout_costs(
         lay_out_layers(layers, 1)
         trips.append(time.perf_counter() - start)
     return seconds, min(trips) / (2 * len(layers))
-
-
-RELAYOUT_LAYERS = 4  # layers moved together to time a relayout
 
 
 # Costs per model, measured on first use (a model's shape, dtype and weight kind do not change).
