@@ -112,7 +112,7 @@ class LayerCosts:
         return _scaled(heads, batch)
 
     def autoregressive_token_s(self) -> float:
-        return self.forward_s(self.n_layers, 1)
+        return self.autoregressive_s()
 
     def early_exit_token_s(self, exit_layer: int) -> float:
         return self.forward_s(exit_layer, 1)
