@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from layerskip.errors import LayerSkipError
+from layerskip.model import loading
 from layerskip.model.loading import default_model_path, load_model, resolve
 from layerskip.model.weights import unpermute_rotary
 
@@ -91,3 +92,20 @@ def test_unknown_hub_id_offline_is_one_line_error(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert "nobody/no-such-model" in proc.stderr
+
+
+def test_gguf_tokenizer_cache_is_written_whole_and_a_damaged_one_converted_again(tmp_path, monkeypatch):
+    """Concurrent first loads (pytest-xdist workers) once read a cache directory another was still
+    writing: config saved, tokenizer.json not yet. A damaged directory is converted again, and a
+    save only ever renames a complete directory into place."""
+    monkeypatch.setenv("LAYERSKIP_CACHE", str(tmp_path))
+    gguf = default_model_path()
+    cache = loading._tokenizer_cache_dir(gguf)
+    cache.mkdir(parents=True)
+    (cache / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
+    tok = loading.load_tokenizer(gguf)
+    assert tok("hello world").input_ids
+    assert (cache / "tokenizer.json").is_file()
+    loading._save_tokenizer(tok, cache)  # a second writer finds the cache already in place
+    assert sorted(p.name for p in cache.parent.iterdir()) == [cache.name]
+    assert loading.load_tokenizer(gguf)("hello world").input_ids == tok("hello world").input_ids

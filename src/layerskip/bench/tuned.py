@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from layerskip.cache_paths import cache_root
+from layerskip.cache_paths import cache_root, write_text_whole
 from layerskip.errors import LayerSkipError
 from layerskip.model.loading import resolve
 
@@ -58,8 +58,7 @@ def tuned_path(key: str) -> Path:
 
 def save_tuned(setting: TunedSetting) -> Path:
     path = tuned_path(setting.model_key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(asdict(setting), indent=2) + "\n")
+    write_text_whole(path, json.dumps(asdict(setting), indent=2) + "\n")
     return path
 
 

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from layerskip.cache_paths import cache_root
+from layerskip.cache_paths import cache_root, write_text_whole
 from layerskip.errors import LayerSkipError
 from layerskip.generation.draft_vocab import DraftHead
 from layerskip.generation.steps import prepare_for_decoding
@@ -342,8 +342,7 @@ def model_costs(model: Transformer, max_tokens: int, draft_head: DraftHead | Non
             reduced = None if draft_head is None or draft_head.ids is None else draft_head.head
             costs = _nondecreasing(measure_costs(model, max_tokens, context=64, repeats=7, bandwidth=False,
                                                  draft_head=reduced))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(asdict(costs)))
+            write_text_whole(path, json.dumps(asdict(costs)))
         per_model[key] = costs
     return per_model[key]
 

