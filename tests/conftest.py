@@ -23,11 +23,11 @@ HF_REFERENCE = "hf-reference"  # the cache's directory for smollm2_hf
 @pytest.fixture(scope="session", autouse=True)
 def _own_cache(tmp_path_factory):
     """$LAYERSKIP_CACHE is a fresh directory per session, so no setting the developer tuned changes
-    a default. The dequantised weights, the tokenizers and HF's reading of SmolLM2 are linked in
-    from the usual cache: they are keyed by file and change nothing but load time (SmolLM2 stays
-    warm across sessions)."""
+    a default. The dequantised weights, the GGUF configs, the tokenizers and HF's reading of SmolLM2
+    are linked in from the usual cache: they are keyed by file and change nothing but load time
+    (SmolLM2 stays warm across sessions)."""
     usual, own = cache_root(), tmp_path_factory.mktemp("layerskip-cache")
-    for name in ("weights", "tokenizers", HF_REFERENCE):  # model/weight_cache.py, model/loading.py, smollm2_hf
+    for name in ("weights", "configs", "tokenizers", HF_REFERENCE):  # model/weight_cache.py, loading.py, smollm2_hf
         try:
             (usual / name).mkdir(parents=True, exist_ok=True)
             (own / name).symlink_to(usual / name, target_is_directory=True)

@@ -36,6 +36,7 @@ def test_gguf_loads_the_model_it_was_written_from(arch, tmp_path, monkeypatch):
     monkeypatch.setenv("LAYERSKIP_CACHE", str(tmp_path / "cache"))
     loaded = load_model(str(path)).model
     assert loaded.config == original.config
+    assert load_model(str(path)).model.config == original.config  # the config as cached by the first load
     ids = torch.randint(0, 64, (1, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert (loaded(ids) - original(ids)).abs().max().item() <= 1e-5

@@ -109,3 +109,4 @@ def test_gguf_tokenizer_cache_is_written_whole_and_a_damaged_one_converted_again
     loading._save_tokenizer(tok, cache)  # a second writer finds the cache already in place
     assert sorted(p.name for p in cache.parent.iterdir()) == [cache.name]
     assert loading.load_tokenizer(gguf)("hello world").input_ids == tok("hello world").input_ids
+

@@ -2,6 +2,8 @@
 loads read it without dequantising, every path gives the same weights (and the right ones), and
 a corrupt cache file is a miss, not an error."""
 
+import json
+
 import pytest
 import torch
 
@@ -59,3 +61,17 @@ def test_gguf_cache_round_trip_and_corrupt_file(tiny_gguf, tmp_path, monkeypatch
     monkeypatch.setenv("LAYERSKIP_CACHE", str(tmp_path / "cache"))
     weight_cache.cache_file(path).write_bytes(b"not safetensors")
     assert weight_cache.cached(path) is None
+
+
+def test_gguf_config_is_parsed_once_then_read_from_the_cache(tiny_gguf, tmp_path, monkeypatch):
+    path, original = tiny_gguf
+    monkeypatch.setenv("LAYERSKIP_CACHE", str(tmp_path))
+    parsed = loading.load_config(path)
+    (cached,) = (tmp_path / "configs").iterdir()
+    with monkeypatch.context() as mp:
+        mp.setattr(checkpoint, "gguf_reader", lambda p: pytest.fail("parsed the GGUF again"))
+        assert loading.load_config(path) == parsed
+    cached.write_text("{")  # damaged: derived again, and saved whole
+    assert loading.load_config(path) == parsed
+    assert loading.ModelConfig.from_hf(json.loads(cached.read_text())) == parsed
+    assert parsed.n_layers == original.config.n_layers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -11,9 +12,10 @@ from typing import Any
 
 import torch
 
-from layerskip.cache_paths import cache_root, file_key
+from layerskip.cache_paths import cache_root, file_key, write_text_whole
 from layerskip.errors import LayerSkipError
-from layerskip.model import checkpoint, packaged, weights
+from layerskip.model import checkpoint, families, packaged, weights
+from layerskip.model import config as config_module
 from layerskip.model.adapters import read_adapter
 from layerskip.model.assemble import Target, assemble
 from layerskip.model.config import ModelConfig
@@ -83,7 +85,7 @@ def _download(repo_id: str) -> Path:
 
 def load_config(path: Path) -> ModelConfig:
     if path.suffix == ".gguf":
-        return ModelConfig.from_gguf_fields(checkpoint.read_gguf_fields(checkpoint.gguf_reader(path)))
+        return _gguf_config(path)
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise LayerSkipError(f"{path} has no config.json (not a HF model directory)")
@@ -95,6 +97,22 @@ def load_config(path: Path) -> ModelConfig:
         return ModelConfig.from_hf(raw)
     except KeyError as e:
         raise LayerSkipError(f"{cfg_file} lacks the field {e}") from e
+
+
+def _gguf_config(path: Path) -> ModelConfig:
+    """A GGUF's config, derived once and cached as the HF config it corresponds to: gguf-py parses
+    the whole vocabulary to reach the metadata (5.5 s of every SmolLM2 load, 49k tokens and merges).
+    Keyed by the file and by the code that derives it (an edited config.py derives it again)."""
+    derivation = "-".join(file_key(Path(m.__file__)) for m in (config_module, families))
+    cached = cache_root() / "configs" / f"{file_key(path)}-{derivation}.json"
+    try:
+        return ModelConfig.from_hf(json.loads(cached.read_text()))
+    except (OSError, ValueError, KeyError, LayerSkipError):  # not cached yet, or damaged
+        pass
+    cfg = ModelConfig.from_gguf_fields(checkpoint.read_gguf_fields(checkpoint.gguf_reader(path)))
+    with contextlib.suppress(OSError):  # a read-only home only costs the parse next time
+        write_text_whole(cached, json.dumps(cfg.to_hf()))
+    return cfg
 
 
 def load_model(
