@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from layerskip.cache_paths import cache_root, file_key
+from layerskip.generation.batch import forget
 from layerskip.model.config import ModelConfig, RopeScaling
 from layerskip.model.loaded import LoadedModel
 from layerskip.model.loading import load_model
@@ -36,6 +37,13 @@ def _own_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LAYERSKIP_CACHE", str(own))
         yield own
+
+
+@pytest.fixture(autouse=True)
+def _fresh_controllers():
+    """Every test's auto decoding starts afresh: shared models must not carry one test's evidence
+    into the next (generation/batch.py carries it from generation to generation)."""
+    forget()
 
 
 @pytest.fixture(autouse=True)

@@ -23,6 +23,7 @@ from E on laid out for verifications (packing.py), which changes speed only.
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -125,15 +126,22 @@ class BatchDecoder:
         self.controller = controller
         if plan.auto and controller is None:  # costs first: measuring them reallocates the caches
             costs = costs or model_costs(model, plan.num_speculations + 1, self.heads.get(True))
-            self.controller = controller_for(plan, costs, self.heads)
+            self.controller = controller_for(plan, costs, self.heads, _LEARNED.get(model))
+            _LEARNED[model] = self.controller
         self.static = AUTOREGRESSIVE  # what a round without a controller runs
         if speculative and not plan.auto:
             self.static = Choice(plan.exit_layer, plan.num_speculations, max(self.heads))
+        self.steps = steps_for(model, loaded.compile)
+        # Only one row's layers move (a batch's products have several rows everywhere: one
+        # layout), and not under compiled steps (swapped modules would make them compile again).
+        self.moves_layers = self.controller is not None and not self.steps.compiled and capacity == 1
+        if self.controller is not None and not self.moves_layers:
+            self.controller.laid_from = None
+        laid_from = self.static.exit_layer if self.controller is None else self.controller.laid_from
         prepare_for_decoding(model, self.max_seq_len, plan.num_speculations + 1 if speculative else 0, capacity,
-                             self.static.exit_layer)
+                             laid_from)
         self.head_speculative = True  # what the tied head is laid out for (prepare: verifications)
         self._lay_out_head()
-        self.steps = steps_for(model, loaded.compile)
         self.rows: list[Row | None] = [None] * capacity
         with torch.inference_mode():  # like every later value of them, so compiled steps see one kind
             self.tokens = torch.zeros(capacity, dtype=torch.long, device=self.device)  # each row's pending token
@@ -303,10 +311,8 @@ class BatchDecoder:
 
     def _lay_out_layers(self) -> None:
         """Lay the layers from E on out for verifications, or back for one row, where the
-        controller says the rest of the generation earns the move back (controller.layout). Only
-        for one row (a batch's products have several rows everywhere: one layout), and not under
-        compiled steps (swapped modules would make them compile again)."""
-        if self.controller is None or self.steps.compiled or self.capacity > 1:
+        controller says the rest of the generation earns the move back (controller.layout)."""
+        if not self.moves_layers:
             return
         before = self.controller.laid_from
         left = min(self.rows[s].sink.remaining for s in self.active)
@@ -520,10 +526,29 @@ def draft_heads(model: torch.nn.Module, plan: BatchPlan) -> dict[bool, DraftHead
     return heads
 
 
-def controller_for(plan: BatchPlan, costs: LayerCosts, heads: dict[bool, DraftHead]) -> ExitController:
+# The latest auto controller of each model: the next generation's starts from what it learned.
+_LEARNED: weakref.WeakKeyDictionary[torch.nn.Module, ExitController] = weakref.WeakKeyDictionary()
+
+
+def forget(model: torch.nn.Module | None = None) -> None:
+    """Drop what auto decoding learned on `model` (None: on every model): its next generation
+    starts afresh (warm-up, the plan's start setting)."""
+    if model is None:
+        _LEARNED.clear()
+    else:
+        _LEARNED.pop(model, None)
+
+
+def controller_for(plan: BatchPlan, costs: LayerCosts, heads: dict[bool, DraftHead],
+                   learned: ExitController | None = None) -> ExitController:
     """The controller of an auto plan: it may draft with every head the plan has (the configured
-    one, or the full and a reduced one) and starts at the plan's (E, k) with the full head where
-    there is one."""
+    one, or the full and a reduced one). It carries on from `learned` (the model's previous
+    controller) where that one chose among the same heads, k and costs: fresher evidence than
+    any stored setting. Otherwise it starts at the plan's (E, k) with the full head where there
+    is one."""
+    if (learned is not None and learned.costs is costs and learned.max_k == plan.num_speculations
+            and learned.heads == tuple(sorted(heads))):
+        return learned.carried_over()
     start = None
     if plan.start is not None:
         e, k = plan.start

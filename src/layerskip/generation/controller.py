@@ -125,7 +125,23 @@ class ExitController:
         self.slowdown: dict[bool, deque[float]] = {kind: deque(maxlen=RECENT_ROUNDS) for kind in (False, True)}
         self.timed = True  # scale predicted times by measured ones (tests turn it off: no timing in them)
         self.laid_from: int | None = None  # layers from here on are laid out for verifications (costs.py)
+        self.carried = False  # starts from an earlier generation's evidence (`carried_over`)
         self._tables: dict[tuple[int, int | None], dict[Choice, float]] = {}
+
+    def carried_over(self) -> ExitController:
+        """The next generation's controller, starting from what this one learned: its evidence,
+        choice, time factors, probing interval and layout. A new context still brings its prompt's
+        evidence, and the rounds' evidence moves the choice as ever; what is saved is the warm-up
+        and the first rounds' search (a server's serial requests, a benchmark's repeated runs)."""
+        new = ExitController(self.costs, self.max_k, self.choice, self.heads)
+        new.hits = {head: list(v) for head, v in self.hits.items()}
+        new.trials = {head: list(v) for head, v in self.trials.items()}
+        new.warming = self.warming
+        new.slowdown = {kind: deque(v, maxlen=RECENT_ROUNDS) for kind, v in self.slowdown.items()}
+        new.interval = new.next_probe = self.interval
+        new.timed, new.laid_from, new.carried = self.timed, self.laid_from, True
+        new._tables = self._tables  # same costs, same tables
+        return new
 
     def plan(self) -> tuple[Choice, tuple[int, ...]]:
         """This round's choice and the layers it shadows (ascending; empty: none)."""
@@ -177,11 +193,12 @@ class ExitController:
 
     def observe_prompt(self, probes: tuple[int, ...], shadow: list[int], batch: int) -> None:
         """Shadow exits of a joining prompt's prefill (`shadow` as in `observe`): evidence before
-        any round, and where it completes the warm-up, the first decision (a start setting, or
-        the current choice, is left to the rounds' evidence)."""
+        any round, and a decision where the evidence is then complete: the prompt ends the
+        warm-up, or it adds a new context to an earlier generation's evidence (`carried_over`).
+        A start setting (`tune`'s) is left to the rounds' evidence."""
         warming = self.warming
         self._add_shadows(probes, shadow)
-        if warming and not self.warming:
+        if (warming or self.carried) and not self.warming:
             self._decide(batch)
 
     def _add_shadows(self, probes: tuple[int, ...], shadow: list[int]) -> None:
