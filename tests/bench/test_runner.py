@@ -68,6 +68,12 @@ def test_duplicate_arms_rejected(tiny):
         make_arms(tiny, configs()[:1] * 2)
 
 
+def test_an_auto_arm_is_named_for_what_it_chooses(tiny):
+    auto = GenerationConfig(strategy="self_speculative", exit_layer="auto", num_speculations=4)
+    (arm,) = make_arms(tiny, [auto])
+    assert arm.name == "self_speculative E=auto k<=4" and arm.config.auto_exit
+
+
 @pytest.mark.slow
 def test_bench_smollm2_agrees_with_a_separate_generation(smollm2):
     """Offline on a built-in set; tokens and acceptance equal those of a separate `generate` call

@@ -32,6 +32,8 @@ def arm_name(cfg: GenerationConfig, exit_layer: int | None) -> str:
         return "autoregressive"
     if cfg.strategy == "early_exit":
         return f"early_exit E={exit_layer}"
+    if exit_layer is None:  # chosen online (controller.py); k is the most it may choose
+        return f"self_speculative E=auto k<={cfg.num_speculations}"
     return f"self_speculative E={exit_layer} k={cfg.num_speculations}"
 
 

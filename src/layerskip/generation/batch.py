@@ -526,13 +526,13 @@ def draft_heads(model: torch.nn.Module, plan: BatchPlan) -> dict[bool, DraftHead
     return heads
 
 
-# The latest auto controller of each model: the next generation's starts from what it learned.
+# The latest auto controller of each model: the next generation's carries over what it learned.
 _LEARNED: weakref.WeakKeyDictionary[torch.nn.Module, ExitController] = weakref.WeakKeyDictionary()
 
 
 def forget(model: torch.nn.Module | None = None) -> None:
     """Drop what auto decoding learned on `model` (None: on every model): its next generation
-    starts afresh (warm-up, the plan's start setting)."""
+    starts afresh (time factors, layout)."""
     if model is None:
         _LEARNED.clear()
     else:
@@ -542,17 +542,16 @@ def forget(model: torch.nn.Module | None = None) -> None:
 def controller_for(plan: BatchPlan, costs: LayerCosts, heads: dict[bool, DraftHead],
                    learned: ExitController | None = None) -> ExitController:
     """The controller of an auto plan: it may draft with every head the plan has (the configured
-    one, or the full and a reduced one). It carries on from `learned` (the model's previous
-    controller) where that one chose among the same heads, k and costs: fresher evidence than
-    any stored setting. Otherwise it starts at the plan's (E, k) with the full head where there
-    is one."""
-    if (learned is not None and learned.costs is costs and learned.max_k == plan.num_speculations
-            and learned.heads == tuple(sorted(heads))):
-        return learned.carried_over()
+    one, or the full and a reduced one) and starts at the plan's (E, k) with the full head where
+    there is one. It carries over what `learned` (the model's previous controller) found out about
+    the model on this machine where that one chose among the same heads, k and costs."""
     start = None
     if plan.start is not None:
         e, k = plan.start
         start = AUTOREGRESSIVE if e is None else Choice(e, min(k, plan.num_speculations), min(heads))
+    if (learned is not None and learned.costs is costs and learned.max_k == plan.num_speculations
+            and learned.heads == tuple(sorted(heads))):
+        return learned.carried_over(start)
     return ExitController(costs, plan.num_speculations, start, tuple(sorted(heads)))
 
 

@@ -42,6 +42,9 @@ Where a layer's fastest layout for a verification's k+1 rows is not its fastest 
 verifications from (`layout`): moving them to the current E pays when the rest of the generation,
 at the current choice's expected tokens per round, saves more than the move costs (both measured
 once, costs.py); a fallback to autoregressive decoding moves them back on the same terms.
+
+A model's next generation carries over what does not depend on the context (`carried_over`): the
+time factors, the layout and the probing interval; its evidence starts afresh with its prompt.
 """
 
 from __future__ import annotations
@@ -125,21 +128,18 @@ class ExitController:
         self.slowdown: dict[bool, deque[float]] = {kind: deque(maxlen=RECENT_ROUNDS) for kind in (False, True)}
         self.timed = True  # scale predicted times by measured ones (tests turn it off: no timing in them)
         self.laid_from: int | None = None  # layers from here on are laid out for verifications (costs.py)
-        self.carried = False  # starts from an earlier generation's evidence (`carried_over`)
         self._tables: dict[tuple[int, int | None], dict[Choice, float]] = {}
 
-    def carried_over(self) -> ExitController:
-        """The next generation's controller, starting from what this one learned: its evidence,
-        choice, time factors, probing interval and layout. A new context still brings its prompt's
-        evidence, and the rounds' evidence moves the choice as ever; what is saved is the warm-up
-        and the first rounds' search (a server's serial requests, a benchmark's repeated runs)."""
-        new = ExitController(self.costs, self.max_k, self.choice, self.heads)
-        new.hits = {head: list(v) for head, v in self.hits.items()}
-        new.trials = {head: list(v) for head, v in self.trials.items()}
-        new.warming = self.warming
+    def carried_over(self, start: Choice | None) -> ExitController:
+        """The next generation's controller, from `start` as a new one: it keeps what this one
+        learned about the model on this machine (measured/predicted time factors, the layers'
+        layout, the probing interval) and gathers a new context's evidence afresh, its prompt
+        first. Evidence carried over misled: on the mixed-context model a family-B generation's
+        agreement kept the next family-A one at E=12 where E=8 is perfect (benchmarks/controller.py)."""
+        new = ExitController(self.costs, self.max_k, start, self.heads)
         new.slowdown = {kind: deque(v, maxlen=RECENT_ROUNDS) for kind, v in self.slowdown.items()}
-        new.interval = new.next_probe = self.interval
-        new.timed, new.laid_from, new.carried = self.timed, self.laid_from, True
+        new.interval = self.interval
+        new.timed, new.laid_from = self.timed, self.laid_from
         new._tables = self._tables  # same costs, same tables
         return new
 
@@ -193,12 +193,11 @@ class ExitController:
 
     def observe_prompt(self, probes: tuple[int, ...], shadow: list[int], batch: int) -> None:
         """Shadow exits of a joining prompt's prefill (`shadow` as in `observe`): evidence before
-        any round, and a decision where the evidence is then complete: the prompt ends the
-        warm-up, or it adds a new context to an earlier generation's evidence (`carried_over`).
-        A start setting (`tune`'s) is left to the rounds' evidence."""
+        any round, and where it completes the warm-up, the first decision (a start setting, or
+        the current choice, is left to the rounds' evidence)."""
         warming = self.warming
         self._add_shadows(probes, shadow)
-        if (warming or self.carried) and not self.warming:
+        if warming and not self.warming:
             self._decide(batch)
 
     def _add_shadows(self, probes: tuple[int, ...], shadow: list[int]) -> None:
@@ -287,8 +286,8 @@ class ExitController:
         current choice, and the new state: moving costs.relayout_s per layer, which pays only if
         the `tokens_left` of the generation earn it back (only at batch 1 do the layouts differ)."""
         target = self.choice.exit_layer
-        if target == self.laid_from or self.costs.verify_layer_s is None or batch > 1:
-            return self.laid_from
+        if target == self.laid_from or self.costs.verify_layer_s is None or batch > 1 or self.warming:
+            return self.laid_from  # nothing to move, or no choice settled yet
         tokens = 1.0
         if self.choice.speculative:
             fit = self.agreement(self.choice.reduced)[target]
