@@ -43,8 +43,8 @@ verifications from (`layout`): moving them to the current E pays when the rest o
 at the current choice's expected tokens per round, saves more than the move costs (both measured
 once, costs.py); a fallback to autoregressive decoding moves them back on the same terms.
 
-A model's next generation carries over what does not depend on the context (`carried_over`): the
-time factors, the layout and the probing interval; its evidence starts afresh with its prompt.
+A model's next generation carries over the layers' layout and the probing interval
+(`carried_over`); its evidence and round times start afresh with its prompt.
 """
 
 from __future__ import annotations
@@ -131,13 +131,13 @@ class ExitController:
         self._tables: dict[tuple[int, int | None], dict[Choice, float]] = {}
 
     def carried_over(self, start: Choice | None) -> ExitController:
-        """The next generation's controller, from `start` as a new one: it keeps what this one
-        learned about the model on this machine (measured/predicted time factors, the layers'
-        layout, the probing interval) and gathers a new context's evidence afresh, its prompt
-        first. Evidence carried over misled: on the mixed-context model a family-B generation's
-        agreement kept the next family-A one at E=12 where E=8 is perfect (benchmarks/controller.py)."""
+        """The next generation's controller, from `start` as a new one: it keeps the layers'
+        layout and the probing interval, and gathers a new context's evidence and round times
+        afresh, its prompt first. Carrying more misled (benchmarks/controller.py): on the
+        mixed-context model a family-B generation's agreement kept the next family-A one at
+        E=12 where E=8 is perfect, and carried time factors sent a perfect-16 generation back to
+        autoregressive decoding for 26 of its tokens."""
         new = ExitController(self.costs, self.max_k, start, self.heads)
-        new.slowdown = {kind: deque(v, maxlen=RECENT_ROUNDS) for kind, v in self.slowdown.items()}
         new.interval = self.interval
         new.timed, new.laid_from = self.timed, self.laid_from
         new._tables = self._tables  # same costs, same tables
