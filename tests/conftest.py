@@ -141,15 +141,23 @@ def smollm2() -> LoadedModel:
 
 
 def _save_hf_reading(gguf: Path, saved: Path) -> None:
-    """HF's own reading of `gguf` (its GGUF parser, ~30 s on one core), saved as config.json and
+    """HF's own reading of `gguf` (its GGUF parser, ~25 s on one core), saved as config.json and
     safetensors. HF refuses to save a model it read from GGUF, so the state dict is written directly."""
+    import functools
     import json
     import shutil
 
+    import gguf as gguf_py
     from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    with pytest.MonkeyPatch.context() as mp:
+        # HF's reading parses the file twice (config, weights) and rebuilds gguf-py's tensor-name
+        # map once per module: ~25 s of its ~45 here. Both are pure, so they are memoised for it;
+        # what HF reads is unchanged.
+        mp.setattr(gguf_py, "GGUFReader", functools.cache(gguf_py.GGUFReader))
+        mp.setattr(gguf_py, "get_tensor_name_map", functools.cache(gguf_py.get_tensor_name_map))
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = model.config.to_dict()
     config.pop("quantization_config", None)  # the weights are dequantised float32
     tmp = saved.with_name(f"{saved.name}.{os.getpid()}.tmp")

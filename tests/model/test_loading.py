@@ -97,16 +97,30 @@ def test_unknown_hub_id_offline_is_one_line_error(tmp_path):
 def test_gguf_tokenizer_cache_is_written_whole_and_a_damaged_one_converted_again(tmp_path, monkeypatch):
     """Concurrent first loads (pytest-xdist workers) once read a cache directory another was still
     writing: config saved, tokenizer.json not yet. A damaged directory is converted again, and a
-    save only ever renames a complete directory into place."""
-    monkeypatch.setenv("LAYERSKIP_CACHE", str(tmp_path))
+    save only ever renames a complete directory into place. HF's conversion (~8 s) is stood in for
+    by the session's converted tokenizer; the real one runs in every cold first load."""
+    from transformers import AutoTokenizer
+
     gguf = default_model_path()
+    converted = loading.load_tokenizer(gguf)
+    read, conversions = AutoTokenizer.from_pretrained, []
+
+    def from_pretrained(path, **kwargs):
+        if "gguf_file" in kwargs:
+            conversions.append(path)
+            return converted
+        return read(path, **kwargs)
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", from_pretrained)
+    monkeypatch.setenv("LAYERSKIP_CACHE", str(tmp_path))
     cache = loading._tokenizer_cache_dir(gguf)
     cache.mkdir(parents=True)
     (cache / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
     tok = loading.load_tokenizer(gguf)
-    assert tok("hello world").input_ids
+    assert len(conversions) == 1 and tok("hello world").input_ids
     assert (cache / "tokenizer.json").is_file()
     loading._save_tokenizer(tok, cache)  # a second writer finds the cache already in place
     assert sorted(p.name for p in cache.parent.iterdir()) == [cache.name]
     assert loading.load_tokenizer(gguf)("hello world").input_ids == tok("hello world").input_ids
+    assert len(conversions) == 1  # read back from the cache, not converted again
 

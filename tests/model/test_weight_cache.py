@@ -3,6 +3,7 @@ loads read it without dequantising, every path gives the same weights (and the r
 a corrupt cache file is a miss, not an error."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -75,3 +76,27 @@ def test_gguf_config_is_parsed_once_then_read_from_the_cache(tiny_gguf, tmp_path
     assert loading.load_config(path) == parsed
     assert loading.ModelConfig.from_hf(json.loads(cached.read_text())) == parsed
     assert parsed.n_layers == original.config.n_layers
+
+
+def test_a_first_load_parses_the_gguf_once_and_keeps_no_reader(tiny_gguf, tmp_path, monkeypatch):
+    """gguf-py decodes the whole vocabulary to reach the config or the tensors; a first load
+    (nothing cached) takes both from one parse, and drops it after: its memory map holds the file."""
+    from gguf import GGUFReader
+
+    path, original = tiny_gguf
+    monkeypatch.setattr(loading, "load_tokenizer", lambda p: None)  # the tiny GGUF has no tokenizer
+    monkeypatch.setenv("LAYERSKIP_CACHE", str(tmp_path))
+    checkpoint.release_gguf_reader()  # an earlier test's load_config kept one
+    parses = []
+    monkeypatch.setattr("gguf.GGUFReader", lambda p: parses.append(p) or GGUFReader(p))
+    loaded = load_model(str(path)).model.state_dict()
+    assert {k: v.shape for k, v in loaded.items()} == {k: v.shape for k, v in original.state_dict().items()}
+    assert parses == [path]
+    assert checkpoint._reader.cache_info().currsize == 0
+    checkpoint.gguf_reader(path)
+    checkpoint.gguf_reader(path)
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # written again: parsed again
+    checkpoint.gguf_reader(path)
+    assert len(parses) == 3
+    checkpoint.release_gguf_reader()

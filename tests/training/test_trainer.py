@@ -25,14 +25,14 @@ def _records(out: Path) -> dict[int, dict]:
 
 def test_early_exit_loss_makes_early_layers_agree(tmp_path):
     """Same budget and seed, with and without the early-exit loss (layer dropout off in both)."""
-    common = ["optim.max_steps=150", "run.eval_every=0", "run.save_every=0", "layer_dropout.p_max=0",
+    common = ["optim.max_steps=100", "run.eval_every=0", "run.save_every=0", "layer_dropout.p_max=0",
               "run.progress=false", "data.max_eval_tokens=4096"]
     runs = {}
     for enabled in (True, False):
         cfg = load_config(TINY, [*common, f"early_exit.enabled={enabled}", f"run.output_dir={tmp_path / str(enabled)}"])
         runs[enabled] = train(cfg).last_eval
     with_ee, without = runs[True], runs[False]
-    for exit_layer in (1, 2, 3, 4):  # measured: +0.14..0.26 agreement, -0.4..-0.8 loss
+    for exit_layer in (1, 2, 3, 4):  # measured: +0.13..0.15 agreement, -0.21..-0.71 loss
         assert with_ee[exit_layer]["agreement"] > without[exit_layer]["agreement"] + 0.07
         assert with_ee[exit_layer]["loss"] < without[exit_layer]["loss"] - 0.15
     assert with_ee[6]["loss"] < without[6]["loss"] + 0.1  # the last layer is not clearly worse

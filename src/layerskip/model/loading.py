@@ -115,6 +115,15 @@ def _gguf_config(path: Path) -> ModelConfig:
     return cfg
 
 
+def _weights(path: Path, cfg: ModelConfig) -> tuple[checkpoint.TensorSource, weights.Mapping]:
+    """The checkpoint's tensors and how their names map onto the model's."""
+    if path.suffix == ".gguf":
+        source = checkpoint.open_gguf(path)
+        return source, weights.gguf_mapping(source.names(), cfg)
+    source = checkpoint.open_hf(path)
+    return source, weights.hf_mapping(source.names(), cfg)
+
+
 def load_model(
     name: str | None = None,
     dtype: str | torch.dtype = "float32",
@@ -134,16 +143,13 @@ def load_model(
     if quant and target_device.type != "cpu":
         raise LayerSkipError("weight-only int8/int4 kernels are CPU kernels; load the model on cpu")
     path = resolve(name)
-    cfg = load_config(path)
     lora = None if adapter is None else read_adapter(Path(adapter))
-    if path.suffix == ".gguf":
-        source = checkpoint.open_gguf(path)
-        mapping = weights.gguf_mapping(source.names(), cfg)
-    else:
-        source = checkpoint.open_hf(path)
-        mapping = weights.hf_mapping(source.names(), cfg)
     target = Target(ACTIVATION_DTYPE if quant else parse_dtype(dtype), target_device, quant, lora)
-    model = assemble(cfg, source, mapping, target)
+    try:
+        cfg = load_config(path)
+        model = assemble(cfg, *_weights(path, cfg), target)
+    finally:
+        checkpoint.release_gguf_reader()
     packaged.apply_settings(name, model.config)
     if lora is not None and lora.meta.get("recommended_exit_layer") is not None:
         model.config.recommended_exit_layer = int(lora.meta["recommended_exit_layer"])
