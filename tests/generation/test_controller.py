@@ -379,3 +379,12 @@ def test_the_next_generation_carries_over_the_layout_not_the_evidence():
     batch_module.forget(lm.model)
     _, _, laid_out = generation()
     assert laid_out == ["Linear"] * 8
+
+
+@pytest.mark.parametrize("better, switches", [(Choice(3, 6), True), (Choice(4, 5), False), (Choice(3, 5, True), False)])
+def test_only_a_change_of_k_alone_takes_a_small_gain(better, switches, monkeypatch):
+    """A 2 % gain: enough to lengthen the draft (nothing moves), not to change the layer or head."""
+    c = ExitController(memory_bound_costs(tiny_config(n_layers=8), 7), 6, Choice(3, 5), (False, True))
+    monkeypatch.setattr(c, "expected_rates", lambda batch: {AUTOREGRESSIVE: 0.5, Choice(3, 5): 1.0, better: 1.02})
+    c._decide(1)
+    assert (c.choice == better) == switches and c.switches == int(switches)

@@ -29,7 +29,9 @@ agreeing deeper layers, one lucky sample would otherwise borrow their confidence
 
 What it decides: for every E, k and head the cost model (costs.py) gives the round's time, and
 agreement p gives the expected tokens per round, sum_{i<=k} p^i; the best tokens/s wins, against
-autoregressive decoding, and only by a margin over the current choice (no thrashing). The cost
+autoregressive decoding, and only by a margin over the current choice (no thrashing; a smaller one
+where only k changes, which moves nothing: laid out for verifications, a layer's k+1 rows
+cost less than in the one-row layout, so after a move a longer draft often pays). The cost
 model's times are scaled by what rounds really take (measured wall time over predicted, the
 median of the latest rounds of each kind): per-call overheads the model does not see, and a
 machine's load, are in the comparison. Only the speculative factor relative to the autoregressive
@@ -63,6 +65,7 @@ PROBE_EVERY = 8  # a probe round every this many rounds afterwards; while autore
 MAX_PROBE_EVERY = 64  # keeps winning, the interval doubles up to this
 BELOW_EVERY = 32  # while speculating: an autoregressive probe of the layers below E this often
 MARGIN = 0.05  # a new choice must be expected this much faster than the current one
+K_MARGIN = 0.01  # ... where only k changes: nothing moves, and the next round can change it back
 MIN_TRIALS = 4  # a candidate layer needs this many observations of its own
 WINDOW = 64  # observations kept per layer (older ones are scaled down)
 RECENT_ROUNDS = 16  # measured/predicted time factors: the median of this many latest rounds per kind
@@ -262,7 +265,8 @@ class ExitController:
         current = rates.get(self.choice)
         if current is None:  # the current choice has no evidence yet
             return
-        if best != self.choice and rates[best] > current * (1 + MARGIN):
+        same_layer = (best.exit_layer, best.reduced) == (self.choice.exit_layer, self.choice.reduced)
+        if best != self.choice and rates[best] > current * (1 + (K_MARGIN if same_layer else MARGIN)):
             self.choice = best
             self.switches += 1
             self.interval, self.next_probe = PROBE_EVERY, self.rounds + PROBE_EVERY
