@@ -310,6 +310,9 @@ def test_layers_are_laid_out_for_verifications_only_when_the_rest_earns_it():
     c.hits[False][3], c.trials[False][3] = 40.0, 40.0
     assert c.layout(tokens_left=2, batch=1) is None  # 5 layers to move, ~0.3 rounds left
     assert c.layout(tokens_left=1, batch=4) is None  # a batch's layouts are the same anyway
+    c.after = 200  # the model's previous generation decoded 200 tokens: the layout outlives this one
+    assert c.layout(tokens_left=2, batch=1) == 3 and c.laid_from == 3
+    c.after, c.laid_from = 0, None
     assert c.layout(tokens_left=200, batch=1) == 3 and c.laid_from == 3
     c.choice = AUTOREGRESSIVE  # fell back: one-token passes through the laid-out layers cost 1.5x
     assert c.layout(tokens_left=3, batch=1) == 3  # not worth moving back for 3 tokens
@@ -373,6 +376,7 @@ def test_the_next_generation_carries_over_the_layout_not_the_evidence():
     second, carried, laid_out = generation()
     assert laid_out == ["Linear"] * 3 + ["PackedLinear"] * 5 and moves == [True, False]
     assert 1.5 not in carried.slowdown[True] and evidence == [0, 0]
+    assert carried.after == learned.decoded == len(first.token_ids) - 1  # the first came from the prefill
     # the same warm-up and E (k may differ: the layers are already laid out when it decides)
     assert [s["exit_layer"] for s in second.exit_layer_schedule] == [s["exit_layer"] for s in first.exit_layer_schedule]
     assert first.token_ids == second.token_ids == ar

@@ -46,7 +46,9 @@ at the current choice's expected tokens per round, saves more than the move cost
 once, costs.py); a fallback to autoregressive decoding moves them back on the same terms.
 
 A model's next generation carries over the layers' layout and the probing interval
-(`carried_over`); its evidence and round times start afresh with its prompt.
+(`carried_over`); its evidence and round times start afresh with its prompt. As the layout
+outlives a generation, a move is judged over the generation's remaining tokens plus as many as
+the previous one decoded.
 """
 
 from __future__ import annotations
@@ -131,17 +133,20 @@ class ExitController:
         self.slowdown: dict[bool, deque[float]] = {kind: deque(maxlen=RECENT_ROUNDS) for kind in (False, True)}
         self.timed = True  # scale predicted times by measured ones (tests turn it off: no timing in them)
         self.laid_from: int | None = None  # layers from here on are laid out for verifications (costs.py)
+        self.decoded = 0.0  # tokens per row this controller's rounds committed
+        self.after = 0.0  # tokens expected after this generation (its predecessor's: a model that generated will again)
         self._tables: dict[tuple[int, int | None], dict[Choice, float]] = {}
 
     def carried_over(self, start: Choice | None) -> ExitController:
         """The next generation's controller, from `start` as a new one: it keeps the layers'
-        layout and the probing interval, and gathers a new context's evidence and round times
-        afresh, its prompt first. Carrying more misled (benchmarks/controller.py): on the
+        layout and the probing interval, expects as many tokens after it as this one decoded,
+        and gathers a new context's evidence and round times afresh, its prompt first. Carrying
+        more misled (benchmarks/controller.py): on the
         mixed-context model a family-B generation's agreement kept the next family-A one at
         E=12 where E=8 is perfect, and carried time factors sent a perfect-16 generation back to
         autoregressive decoding for 26 of its tokens."""
         new = ExitController(self.costs, self.max_k, start, self.heads)
-        new.interval = self.interval
+        new.interval, new.after = self.interval, self.decoded
         new.timed, new.laid_from = self.timed, self.laid_from
         new._tables = self._tables  # same costs, same tables
         return new
@@ -181,6 +186,7 @@ class ExitController:
         `accepted`: (accepted, drafted) per row of a speculative round; `seconds`: the round's wall
         time, host sync included."""
         self.rounds += 1
+        self.decoded += sum(n + 1 for n, _ in accepted) / len(accepted) if ran.speculative and accepted else 1
         if self.timed and seconds is not None and seconds > 0:
             self._calibrate(ran, len(probes), batch, seconds)
         self._add_shadows(probes, shadow)
@@ -246,8 +252,11 @@ class ExitController:
 
     def expected_rates(self, batch: int = 1) -> dict[Choice, float]:
         """Expected tokens per second (per row) of every choice with enough evidence, and of
-        autoregressive decoding."""
-        table, slow = self._table(batch, self.laid_from), self._factor(True)
+        autoregressive decoding, with the layers where they are laid out now."""
+        return self._rates(batch, self.laid_from)
+
+    def _rates(self, batch: int, laid_from: int | None) -> dict[Choice, float]:
+        table, slow = self._table(batch, laid_from), self._factor(True)
         rates = {AUTOREGRESSIVE: 1.0 / (table[AUTOREGRESSIVE] * self._factor(False))}
         for reduced in self.heads:
             fit = self.agreement(reduced)
@@ -287,19 +296,19 @@ class ExitController:
 
     def layout(self, tokens_left: int, batch: int) -> int | None:
         """Where the layers should be laid out for verifications from (None: nowhere) for the
-        current choice, and the new state: moving costs.relayout_s per layer, which pays only if
-        the `tokens_left` of the generation earn it back (only at batch 1 do the layouts differ)."""
+        current exit layer, and the new state: moving costs.relayout_s per layer, which pays only
+        if the tokens still to decode earn it back (only at batch 1 do the layouts differ). Those
+        are the generation's `tokens_left` and, as the layout outlives it, as many as the model's
+        previous generation decoded (`after`). Each layout is judged at its own best k and head for
+        that layer: a longer draft that pays only once the layers are laid out (its k+1 rows)
+        would otherwise never be tried."""
         target = self.choice.exit_layer
         if target == self.laid_from or self.costs.verify_layer_s is None or batch > 1 or self.warming:
             return self.laid_from  # nothing to move, or no choice settled yet
-        tokens = 1.0
-        if self.choice.speculative:
-            fit = self.agreement(self.choice.reduced)[target]
-            tokens = expected_tokens_per_round(fit[0] if fit else 0.0, self.choice.k)
-        rounds = tokens_left / tokens
 
         def rest(laid_from: int | None) -> float:
-            return rounds * self._table(batch, laid_from)[self.choice]
+            rates = self._rates(batch, laid_from)
+            return (tokens_left + self.after) / max(r for c, r in rates.items() if c.exit_layer == target)
 
         if rest(target) + self.costs.relayout_s_between(self.laid_from, target) < rest(self.laid_from):
             self.laid_from = target
