@@ -106,16 +106,16 @@ PLAIN = [
     "Q: What is 17 + 25?\nA:",
 ]
 CHAT = ["Write a haiku about autumn.", "Explain recursion in one sentence."]
-# (exit layer, k, adaptive options), two per prompt (PLAIN then CHAT): E = 1 and E = L-1, k = 1 and
-# k >= 8 among them. On this untrained model most drafts are rejected, so self-speculation costs
-# 2-6x autoregressive decoding (mostly the k+1-row verifications): the setting that accepts most
-# runs 32 tokens, the others 12 (the tiny model's test runs 400).
-SETTINGS = [
-    (29, 1, {}), (28, 9, {"adaptive_k": True}),
-    (1, 8, {}), (8, 6, {"draft_confidence_threshold": 0.3}),
-    (15, 3, {"adaptive_k": True}), (4, 10, {"draft_confidence_threshold": 0.4}),
-    (29, 8, {}), (12, 2, {"adaptive_k": True}),
-    (20, 4, {"draft_confidence_threshold": 0.3}), (24, 2, {}),
+# (prompt, chat, exit layer, k, options, new tokens): E = 1 and E = L-1, k = 1 and k >= 8, adaptive
+# k and confidence thresholds, every prompt. On this untrained model most drafts are rejected, so
+# self-speculation costs 2-6x autoregressive decoding (mostly the k+1-row verifications): the
+# setting that accepts most runs 32 tokens, the others 12 (the tiny model's test runs 400).
+CASES = [
+    (PLAIN[0], False, 29, 1, {}, 32), (PLAIN[0], False, 28, 9, {"adaptive_k": True}, 12),
+    (PLAIN[1], False, 1, 8, {}, 12), (PLAIN[1], False, 8, 6, {"draft_confidence_threshold": 0.3}, 12),
+    (PLAIN[2], False, 15, 3, {"adaptive_k": True}, 12),
+    (CHAT[0], True, 4, 10, {"draft_confidence_threshold": 0.4}, 12),
+    (CHAT[1], True, 20, 4, {"draft_confidence_threshold": 0.3}, 12),
 ]
 
 
@@ -133,15 +133,11 @@ def smollm2_ar(smollm2):
     return ar
 
 
-@pytest.mark.parametrize("i", range(10))
-def test_smollm2_greedy_equals_autoregressive(smollm2, smollm2_ar, i):
-    chat = i >= 2 * len(PLAIN)
-    prompt = (PLAIN + CHAT)[i // 2]
-    exit_layer, k, extra = SETTINGS[i]
-    base = {"max_new_tokens": 32 if i == 0 else 12, "chat": chat}
-    ar = smollm2_ar(prompt, **base)
+@pytest.mark.parametrize("prompt, chat, exit_layer, k, extra, n", CASES)
+def test_smollm2_greedy_equals_autoregressive(smollm2, smollm2_ar, prompt, chat, exit_layer, k, extra, n):
+    ar = smollm2_ar(prompt, chat, n)
     ss = generate(smollm2, prompt, GenerationConfig(strategy="self_speculative", exit_layer=exit_layer,
-                                                    num_speculations=k, **base, **extra))
+                                                    num_speculations=k, max_new_tokens=n, chat=chat, **extra))
     assert ss.token_ids == ar.token_ids
     assert ss.text == ar.text
 
