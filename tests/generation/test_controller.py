@@ -317,6 +317,8 @@ def test_layers_are_laid_out_for_verifications_only_when_the_rest_earns_it():
     c.choice = AUTOREGRESSIVE  # fell back: one-token passes through the laid-out layers cost 1.5x
     assert c.layout(tokens_left=3, batch=1) == 3  # not worth moving back for 3 tokens
     assert c.layout(tokens_left=500, batch=1) is None
+    started = ExitController(costs, 6, Choice(3, 6), (False,))  # a start setting, no evidence yet
+    assert started.layout(tokens_left=500, batch=1) is None
     free = ExitController(replace(costs, verify_layer_s=None), 6, Choice(3, 6), (False,))
     assert free.layout(tokens_left=500, batch=1) is None  # the same layout: nothing to move
 

@@ -42,8 +42,8 @@ speculation out for the rest of a generation, a systematic overhead still shows.
 Where a layer's fastest layout for a verification's k+1 rows is not its fastest for one row
 (float32 at batch 1 on an AVX2 CPU, packing.py), it also decides where the layers are laid out for
 verifications from (`layout`): moving them to the current E pays when the rest of the generation,
-at the current choice's expected tokens per round, saves more than the move costs (both measured
-once, costs.py); a fallback to autoregressive decoding moves them back on the same terms.
+at that E's best k and head in each layout, saves more than the move costs (both measured once,
+costs.py); a fallback to autoregressive decoding moves them back on the same terms.
 
 A model's next generation carries over the layers' layout and the probing interval
 (`carried_over`); its evidence and round times start afresh with its prompt. As the layout
@@ -141,10 +141,10 @@ class ExitController:
         """The next generation's controller, from `start` as a new one: it keeps the layers'
         layout and the probing interval, expects as many tokens after it as this one decoded,
         and gathers a new context's evidence and round times afresh, its prompt first. Carrying
-        more misled (benchmarks/controller.py): on the
-        mixed-context model a family-B generation's agreement kept the next family-A one at
-        E=12 where E=8 is perfect, and carried time factors sent a perfect-16 generation back to
-        autoregressive decoding for 26 of its tokens."""
+        more misled (benchmarks/controller.py): on the mixed-context model a family-B
+        generation's agreement kept the next family-A one at E=12 where E=8 is perfect, and
+        carried time factors sent a perfect-16 generation back to autoregressive decoding for 26
+        of its tokens."""
         new = ExitController(self.costs, self.max_k, start, self.heads)
         new.interval, new.after = self.interval, self.decoded
         new.timed, new.laid_from = self.timed, self.laid_from
@@ -308,7 +308,8 @@ class ExitController:
 
         def rest(laid_from: int | None) -> float:
             rates = self._rates(batch, laid_from)
-            return (tokens_left + self.after) / max(r for c, r in rates.items() if c.exit_layer == target)
+            best = max((r for c, r in rates.items() if c.exit_layer == target), default=0.0)
+            return (tokens_left + self.after) / best if best > 0 else math.inf  # inf: no evidence yet
 
         if rest(target) + self.costs.relayout_s_between(self.laid_from, target) < rest(self.laid_from):
             self.laid_from = target
