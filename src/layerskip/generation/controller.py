@@ -255,12 +255,14 @@ class ExitController:
         autoregressive decoding, with the layers where they are laid out now."""
         return self._rates(batch, self.laid_from)
 
-    def _rates(self, batch: int, laid_from: int | None) -> dict[Choice, float]:
+    def _rates(self, batch: int, laid_from: int | None, layers: range | None = None) -> dict[Choice, float]:
+        """`expected_rates` with the layers laid out from `laid_from`, for the exit layers in
+        `layers` only (default: all)."""
         table, slow = self._table(batch, laid_from), self._factor(True)
         rates = {AUTOREGRESSIVE: 1.0 / (table[AUTOREGRESSIVE] * self._factor(False))}
         for reduced in self.heads:
             fit = self.agreement(reduced)
-            for e in range(1, self.n_layers):
+            for e in range(1, self.n_layers) if layers is None else layers:
                 if fit[e] is None or (self.trials[reduced][e] < MIN_TRIALS and e != self.choice.exit_layer):
                     continue
                 for k in range(1, self.max_k + 1):
@@ -306,8 +308,10 @@ class ExitController:
         if target == self.laid_from or self.costs.verify_layer_s is None or batch > 1 or self.warming:
             return self.laid_from  # nothing to move, or no choice settled yet
 
+        layers = range(0) if target is None else range(target, target + 1)  # this E's k and heads only
+
         def rest(laid_from: int | None) -> float:
-            rates = self._rates(batch, laid_from)
+            rates = self._rates(batch, laid_from, layers)
             best = max((r for c, r in rates.items() if c.exit_layer == target), default=0.0)
             return (tokens_left + self.after) / best if best > 0 else math.inf  # inf: no evidence yet
 
