@@ -9,7 +9,8 @@ an arm's figure is the median over rounds of its decode tokens/s (tokens after t
 time after the first, summed over the section's prompts), beside its mean time to first token.
 Every arm's tokens are checked equal to autoregressive decoding on every prompt. Auto runs twice:
 carrying what it learned from generation to generation (a server, any process that generates more
-than once) and fresh each generation (a one-shot `layerskip generate`).
+than once) and fresh each generation (a one-shot `layerskip generate`); on the perfect-draft models
+a third time, fresh each generation but starting where `layerskip tune` starts it there (E0, k=6).
 
   1. SmolLM2-135M as it is, code and chat prompts: auto, autoregressive, and the old default
      static setting (E = L/4, k = 6).
@@ -46,6 +47,8 @@ CODE = ["def fibonacci(n):", "import json\n\ndef load_config(path):"]
 MIXED = ["def add(a, b):", "for i in range(10):"]  # every token id in the lower half of the vocabulary
 CHAT = ["Write a Python function that checks whether a number is prime.", "What is the capital of France?"]
 FRESH = "auto, fresh each generation"
+TUNED = "auto from tune's setting, fresh each generation"  # perfect-draft sections: start (E0, 6)
+ONE_SHOT = (FRESH, TUNED)  # arms that run as one-shot `layerskip generate` processes do
 FLAG_DIM = 17  # the mixed-context model's family flag lives in this residual dimension
 
 
@@ -67,16 +70,14 @@ def race(lm: LoadedModel, prompts: list[list[int]], arms: dict[str, GenerationCo
     """Per arm: decode tokens/s of each round over all prompts, and the last round's results.
     Arms alternate prompt by prompt (A B C on prompt 1, A B C on prompt 2, ...). `auto` carries
     what it learned from generation to generation, as in any process that generates more than
-    once (the warm-up generation below included); FRESH runs on its own copy of the model and
-    forgets before every generation, as a one-shot `layerskip generate` does."""
+    once (the warm-up generation below included); the ONE_SHOT arms run each on its own copy of
+    the model and forget before every generation, as a one-shot `layerskip generate` does."""
     if "auto" in arms:
         arms = {**arms, FRESH: arms["auto"]}
-    models = {name: lm for name in arms}
-    if FRESH in arms:
-        models[FRESH] = replace(lm, model=copy.deepcopy(lm.model))
+    models = {name: replace(lm, model=copy.deepcopy(lm.model)) if name in ONE_SHOT else lm for name in arms}
 
     def run(name: str, prompt: list[int], cfg: GenerationConfig) -> GenerationResult:
-        if name == FRESH:
+        if name in ONE_SHOT:
             forget(models[name].model)
         return generate_ids(models[name], prompt, cfg)
 
@@ -92,8 +93,9 @@ def race(lm: LoadedModel, prompts: list[list[int]], arms: dict[str, GenerationCo
         for name, rs in results.items():
             speeds[name].append(sum(x.decode_tokens for x in rs) / sum(x.decode_time_s for x in rs))
             print(f"  round {r + 1} {name}: {speeds[name][-1]:.2f} tok/s", file=sys.stderr, flush=True)
-        for name in ("auto", FRESH):
-            print(f"  {name} ran: {chosen(results[name])}", file=sys.stderr, flush=True)
+        for name in ("auto", *ONE_SHOT):
+            if name in results:
+                print(f"  {name} ran: {chosen(results[name])}", file=sys.stderr, flush=True)
         last = results
     return speeds, last
 
@@ -140,8 +142,9 @@ def report(title: str, speeds: dict[str, list[float]], last: dict[str, list[Gene
         print(f"| {name} | {v:.2f} | {', '.join(f'{x:.2f}' for x in speeds[name])} | {v / ar:.2f}x | "
               f"{ttft:.0f} ms |")
     print(f"\ntokens identical to autoregressive in every arm and prompt: {check_equal(last)}")
-    for name in ("auto", FRESH):
-        print(f"{name} ran: {chosen(last[name])}")
+    for name in ("auto", *ONE_SHOT):
+        if name in last:
+            print(f"{name} ran: {chosen(last[name])}")
     return med
 
 
@@ -157,7 +160,8 @@ def smollm2(lm: LoadedModel, n: int, rounds: int) -> None:
 def perfect(lm: LoadedModel, e0: int, n: int, rounds: int) -> None:
     model = replace(lm, model=silence_layers(copy.deepcopy(lm.model), e0))
     prompts = [lm.tokenizer(t).input_ids for t in CODE]
-    arms = {"autoregressive": config(n), "auto": config(n, "auto")}
+    arms = {"autoregressive": config(n), "auto": config(n, "auto"),
+            TUNED: replace(config(n, "auto"), auto_start=(e0, 6))}  # what tune stores on it (docs/benchmarking.md)
     cells = [(e0, 2), (e0, 4), (e0, 6), (e0 - 1, 6), (e0 + 1, 6)]
     arms |= {f"static E={e} k={k}": config(n, e, k) for e, k in cells}
     title = f"Perfect draft from layer {e0} (SmolLM2, layers >= {e0} silenced), 2 code prompts"
@@ -166,7 +170,7 @@ def perfect(lm: LoadedModel, e0: int, n: int, rounds: int) -> None:
     best = max((a for a in med if a.startswith("static")), key=med.get)
     print(f"\nauto settled on E={settled(last['auto'])} (E0={e0}); best static: {best} {med[best]:.2f} tok/s; "
           f"auto {med['auto']:.2f} = {med['auto'] / med[best]:.1%} of it; fresh each generation "
-          f"{med[FRESH]:.2f} = {med[FRESH] / med[best]:.1%}")
+          f"{med[FRESH]:.2f} = {med[FRESH] / med[best]:.1%}; from tune's setting {med[TUNED] / med[best]:.1%}")
     confirm(model, prompts, arms, best, rounds, title)
 
 
@@ -175,10 +179,11 @@ def confirm(lm: LoadedModel, prompts: list[list[int]], arms: dict[str, Generatio
     """The best static cell raced again beside auto, on rounds of its own. Picked as the fastest
     of several cells that differ by less than one cell varies between rounds, its figure from the
     race that picked it is biased upwards (the largest of noisy numbers); this one is not."""
-    keep = {name: arms[name] for name in ("autoregressive", "auto", best)}
+    keep = {name: arms[name] for name in ("autoregressive", "auto", TUNED, best) if name in arms}
     med = report(f"{title}: confirmation, the best static cell again", *race(lm, prompts, keep, rounds))
+    tuned = f"; from tune's setting {med[TUNED] / med[best]:.1%}" if TUNED in med else ""
     print(f"\nconfirmed: auto {med['auto']:.2f} = {med['auto'] / med[best]:.1%} of {best} ({med[best]:.2f}); "
-          f"fresh each generation {med[FRESH]:.2f} = {med[FRESH] / med[best]:.1%}")
+          f"fresh each generation {med[FRESH]:.2f} = {med[FRESH] / med[best]:.1%}{tuned}")
 
 
 @torch.no_grad()

@@ -306,7 +306,8 @@ def _layout_costs(relayout_s: float):
 
 def test_layers_are_laid_out_for_verifications_only_when_the_rest_earns_it():
     costs = _layout_costs(relayout_s=costs_one_layer() * 2)
-    c = ExitController(costs, 6, Choice(3, 6), (False,))
+    c = ExitController(costs, 6, None, (False,))
+    c.warming, c.choice = False, Choice(3, 6)  # settled on E=3 with the layers laid out for one row
     c.hits[False][3], c.trials[False][3] = 40.0, 40.0
     assert c.layout(tokens_left=2, batch=1) is None  # 5 layers to move, ~0.3 rounds left
     assert c.layout(tokens_left=1, batch=4) is None  # a batch's layouts are the same anyway
@@ -317,8 +318,11 @@ def test_layers_are_laid_out_for_verifications_only_when_the_rest_earns_it():
     c.choice = AUTOREGRESSIVE  # fell back: one-token passes through the laid-out layers cost 1.5x
     assert c.layout(tokens_left=3, batch=1) == 3  # not worth moving back for 3 tokens
     assert c.layout(tokens_left=500, batch=1) is None
-    started = ExitController(costs, 6, Choice(3, 6), (False,))  # a start setting, no evidence yet
-    assert started.layout(tokens_left=500, batch=1) is None
+    started = ExitController(costs, 6, Choice(3, 6), (False,))  # a start setting, no evidence yet:
+    assert started.laid_from == 3  # laid out for before decoding, as a fixed setting is
+    started.laid_from = None
+    assert started.layout(tokens_left=500, batch=1) is None  # and no move judged on no evidence
+    assert ExitController(costs, 6, AUTOREGRESSIVE, (False,)).laid_from is None
     free = ExitController(replace(costs, verify_layer_s=None), 6, Choice(3, 6), (False,))
     assert free.layout(tokens_left=500, batch=1) is None  # the same layout: nothing to move
 
@@ -385,6 +389,25 @@ def test_the_next_generation_carries_over_the_layout_not_the_evidence():
     batch_module.forget(lm.model)
     _, _, laid_out = generation()
     assert laid_out == ["Linear"] * 8
+
+
+def test_a_start_setting_is_laid_out_before_decoding(monkeypatch):
+    """A tuned start E lays layers E.. out for verifications where the caches are set up, as a
+    fixed E does, so a one-shot generation that stays there moves nothing while it decodes."""
+    lm, prompt = perfect_from(3), [5, 6, 7, 8]
+    cfg = GenerationConfig(max_new_tokens=40, auto_start=(3, 6), **AUTO)
+    decoder = BatchDecoder(lm, 1, 60, BatchPlan.of(cfg, lm.config.n_layers, None),
+                           _layout_costs(relayout_s=costs_one_layer() / 10))
+    decoder.controller.timed = False
+    laid_out = [type(layer.feed_forward.w13).__name__ for layer in lm.model.layers]
+    moves = []
+    monkeypatch.setattr(batch_module, "lay_out_layers", lambda blocks, rows: moves.append(rows))
+    rid = decoder.join(prompt, cfg)
+    while decoder.active:
+        decoder.step()
+    result = decoder.take_finished()[rid]
+    assert laid_out == ["Linear"] * 3 + ["PackedLinear"] * 5 and moves == [] and result.exit_layer == 3
+    assert result.token_ids == generate_ids(lm, prompt, GenerationConfig(max_new_tokens=40, ignore_eos=True)).token_ids
 
 
 @pytest.mark.parametrize("better, switches", [(Choice(3, 6), True), (Choice(4, 5), False), (Choice(3, 5, True), False)])

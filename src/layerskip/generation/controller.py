@@ -45,7 +45,8 @@ verifications from (`layout`): moving them to the current E pays when the rest o
 at that E's best k and head in each layout, saves more than the move costs (both measured once,
 costs.py); a fallback to autoregressive decoding moves them back on the same terms.
 
-A model's next generation carries over the layers' layout and the probing interval
+A start setting (`layerskip tune`'s, or the checkpoint's recommended E) is laid out for before
+decoding, as a fixed setting is. A model's next generation carries over the layers' layout and the probing interval
 (`carried_over`); its evidence and round times start afresh with its prompt. As the layout
 outlives a generation, a move is judged over the generation's remaining tokens plus as many as
 the previous one decoded.
@@ -132,7 +133,11 @@ class ExitController:
         # By "speculative": the latest rounds' measured over predicted times.
         self.slowdown: dict[bool, deque[float]] = {kind: deque(maxlen=RECENT_ROUNDS) for kind in (False, True)}
         self.timed = True  # scale predicted times by measured ones (tests turn it off: no timing in them)
-        self.laid_from: int | None = None  # layers from here on are laid out for verifications (costs.py)
+        # Layers from here on are laid out for verifications (costs.py). A start setting (tune's,
+        # or the checkpoint's) is laid out for as a fixed one is, where the caches are set up
+        # (batch.py): not by a move inside the generation, judged on no evidence yet.
+        speculative_start = start is not None and start.speculative and costs.verify_layer_s is not None
+        self.laid_from: int | None = start.exit_layer if speculative_start else None
         self.decoded = 0.0  # tokens per row this controller's rounds committed
         self.after = 0.0  # tokens expected after this generation (its predecessor's: a model that generated will again)
         self._tables: dict[tuple[int, int | None], dict[Choice, float]] = {}
