@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch import nn
 
 from layerskip import GenerationConfig, LayerSkipError, generate_ids
 from layerskip.bench.tuned import TunedSetting, model_key, save_tuned
@@ -389,6 +390,21 @@ def test_the_next_generation_carries_over_the_layout_not_the_evidence():
     batch_module.forget(lm.model)
     _, _, laid_out = generation()
     assert laid_out == ["Linear"] * 8
+
+
+def test_a_decoder_lays_the_head_out_once_for_how_it_starts(monkeypatch):
+    """Set-up lays a tied float32 head out for the controller's first rounds (autoregressive
+    without a start setting, verifications with a speculative one): moving it there afterwards
+    would copy the vocabulary matrix twice per generation."""
+    model = random_model(tiny_config(n_layers=8, tie_word_embeddings=True), seed=1, std=0.3)
+    lm = LoadedModel(silence_layers(model, 3).requires_grad_(False), char_tokenizer(), "tied", None)
+    moves = []
+    real = batch_module.lay_out_tied_head
+    monkeypatch.setattr(batch_module, "lay_out_tied_head", lambda *a: moves.append(a[-1]) or real(*a))
+    for start, kind in [(None, nn.Linear), ((3, 6), ColumnLinear)]:
+        cfg = GenerationConfig(max_new_tokens=8, auto_start=start, **AUTO)
+        BatchDecoder(lm, 1, 32, BatchPlan.of(cfg, lm.config.n_layers, None), _layout_costs(relayout_s=0.0))
+        assert type(lm.model.output) is kind and moves == []
 
 
 def test_a_start_setting_is_laid_out_before_decoding(monkeypatch):

@@ -132,3 +132,8 @@ def test_layers_only_verifications_run_are_laid_out_for_their_rows():
         prepare_for_decoding(model, 32, exit_query_len=7, exit_layer=2)
     kinds = [isinstance(layer.feed_forward.w13, PackedLinear) for layer in model.layers]
     assert kinds == [single, single, multi, multi]
+    assert type(model.output) is packing.ColumnLinear  # a float32 tied head: the verification's layout
+    with torch.no_grad():  # a decoder that starts autoregressively: the head for one row, layers as before
+        prepare_for_decoding(model, 32, exit_query_len=7, exit_layer=2, head_verifies=False)
+    assert type(model.output) is nn.Linear and model.output.weight.stride() == (1, model.output.weight.shape[0])
+    assert [isinstance(layer.feed_forward.w13, PackedLinear) for layer in model.layers] == kinds

@@ -138,10 +138,10 @@ class BatchDecoder:
         if self.controller is not None and not self.moves_layers:
             self.controller.laid_from = None
         laid_from = self.static.exit_layer if self.controller is None else self.controller.laid_from
+        # What the tied head is laid out for: verifications, unless a controller starts autoregressively.
+        self.head_speculative = self.controller is None or self.choice.speculative
         prepare_for_decoding(model, self.max_seq_len, plan.num_speculations + 1 if speculative else 0, capacity,
-                             laid_from)
-        self.head_speculative = True  # what the tied head is laid out for (prepare: verifications)
-        self._lay_out_head()
+                             laid_from, self.head_speculative)
         self.rows: list[Row | None] = [None] * capacity
         with torch.inference_mode():  # like every later value of them, so compiled steps see one kind
             self.tokens = torch.zeros(capacity, dtype=torch.long, device=self.device)  # each row's pending token

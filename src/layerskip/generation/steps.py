@@ -30,16 +30,19 @@ from layerskip.model.packing import pack_for_decoding
 
 
 def prepare_for_decoding(
-    model: Transformer, max_seq_len: int, exit_query_len: int = 0, batch: int = 1, exit_layer: int | None = None
+    model: Transformer, max_seq_len: int, exit_query_len: int = 0, batch: int = 1, exit_layer: int | None = None,
+    head_verifies: bool = True,
 ) -> None:
     """Caches for `batch` rows of `max_seq_len` positions, and the weights in their decoding layout
     (packing.py): for products of `batch` rows, and of a verification's `batch * exit_query_len`
-    rows in the head and, with a fixed `exit_layer`, in the layers from it on (only verifications
-    run those; drafts run the layers below it one token per row)."""
+    rows in the head (unless `head_verifies` is False: decoding starts autoregressively) and, with
+    a fixed `exit_layer`, in the layers from it on (only verifications run those; drafts run the
+    layers below it one token per row)."""
     model.setup_caches(max_seq_len, exit_query_len, batch)
     verified = model.layers[exit_layer:] if exit_layer is not None and exit_query_len else ()
-    pack_for_decoding(model, tied=model.tok_embeddings.weight, rows=batch, head_rows=batch * max(exit_query_len, 1),
-                      verified=verified)
+    verified_rows = batch * max(exit_query_len, 1)
+    pack_for_decoding(model, tied=model.tok_embeddings.weight, rows=batch, head_rows=verified_rows if head_verifies
+                      else batch, verified=verified, verified_rows=verified_rows)
 
 
 def prefill(

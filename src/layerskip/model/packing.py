@@ -215,20 +215,21 @@ def _lay_out_linear(parent: nn.Module, name: str, rows: int, trim: bool = True) 
 @torch.no_grad()
 def pack_for_decoding(
     model: nn.Module, tied: Tensor | None = None, rows: int = 1, head_rows: int | None = None,
-    verified: Iterable[nn.Module] = (),
+    verified: Iterable[nn.Module] = (), verified_rows: int | None = None,
 ) -> None:
     """Lay out every linear layer for products of `rows` rows: pack the float32/bfloat16 CPU ones
     where oneDNN is faster, except one whose weight is `tied`, laid out for products of `head_rows`
     rows (default `rows`; a verification's k+1); unpack those packed for another row count that are
     not. Linear layers inside `verified` (the layers above a fixed exit, which only verifications
-    run) are laid out for `head_rows` rows too. Idempotent."""
-    many = rows if head_rows is None else head_rows
+    run) are laid out for `verified_rows` rows (default `head_rows`). Idempotent."""
+    head_rows = rows if head_rows is None else head_rows
+    verified_rows = head_rows if verified_rows is None else verified_rows
     in_verified = {id(m) for block in verified for m in block.modules()}
     for parent, name in module_slots(model, (PackedLinear, nn.Linear)):
         if getattr(parent, name).weight is tied:
-            _tied_head_layout(parent, name, many)
+            _tied_head_layout(parent, name, head_rows)
         else:
-            _lay_out_linear(parent, name, many if id(parent) in in_verified else rows)
+            _lay_out_linear(parent, name, verified_rows if id(parent) in in_verified else rows)
 
 
 @torch.no_grad()
