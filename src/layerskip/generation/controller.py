@@ -46,10 +46,10 @@ at that E's best k and head in each layout, saves more than the move costs (both
 costs.py); a fallback to autoregressive decoding moves them back on the same terms.
 
 A start setting (`layerskip tune`'s, or the checkpoint's recommended E) is laid out for before
-decoding, as a fixed setting is. A model's next generation carries over the layers' layout and the probing interval
-(`carried_over`); its evidence and round times start afresh with its prompt. As the layout
-outlives a generation, a move is judged over the generation's remaining tokens plus as many as
-the previous one decoded.
+decoding, as a fixed setting is. A model's next generation carries over the layers' layout and
+the probing interval (`carried_over`); its evidence and round times start afresh with its
+prompt. As the layout outlives a generation, a move is judged over the generation's remaining
+tokens plus as many as the previous one decoded.
 """
 
 from __future__ import annotations
